@@ -11,7 +11,7 @@ import typer
 
 from nn.data.files import load_npz, save_npz, write_bytes
 from nn.data.mnist100 import synthesize
-from nn.data.pictures import labelled_grid
+from nn.pictures import labelled_grid
 from stages.common import fatal_errors, load_params, range_
 
 SPLITS = ("train", "dev", "test")

@@ -1,0 +1,176 @@
+"""Save and load a model as one `.npz` file, never with pickle.
+
+File format (version 1), the members of an uncompressed `.npz`:
+  "header"        0-d str array: JSON {"format", "version", "spec", "normalization",
+                  "input_shape", "classes", "meta"}
+  "state/<key>"   one array per entry of model.state_dict() ("state/0.W", "state/2.running_mean")
+  "sha256"        0-d str array: hex sha256 over the header text and every state array
+                  (name, dtype, shape and bytes, in sorted name order)
+Every way a file can be wrong on load raises ModelFileError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nn.model import Sequential
+
+FORMAT = "mnist-nn model"
+VERSION = 1
+_STATE = "state/"
+
+
+class ModelFileError(Exception):
+    """A model file is missing, corrupt, tampered with, of another version or architecture."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about its model, besides the weights."""
+
+    normalization: dict
+    input_shape: tuple[int, ...]
+    classes: list[str] | None
+    meta: dict
+    version: int
+    sha256: str
+
+
+def _content_hash(header_text: str, state: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256(header_text.encode("utf-8"))
+    for key in sorted(state):
+        a = np.ascontiguousarray(state[key])
+        h.update(f"\0{key}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _json_default(obj):
+    # numpy scalars (e.g. an accuracy computed with numpy) are common in meta
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _write(path: Path, header: dict, state: dict[str, np.ndarray]) -> str:
+    """Write header + state atomically (temp file in the same directory, fsync, rename).
+
+    Returns the content hash.
+    """
+    header_text = json.dumps(header, sort_keys=True, allow_nan=False, default=_json_default)
+    digest = _content_hash(header_text, state)
+    arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
+    arrays["header"] = np.array(header_text)
+    arrays["sha256"] = np.array(digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # no object arrays here, so nothing is pickled
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return digest
+
+
+def save(path: str | os.PathLike, model, *, normalization: dict, input_shape: tuple[int, ...],
+         classes: list[str] | None = None, meta: dict | None = None) -> str:
+    """Write `model` (weights, spec) and its input contract to one .npz; returns the sha256.
+
+    normalization: e.g. {"mean": 0.1307, "std": 0.3081}; input_shape: one image, e.g.
+    (28, 56, 1); classes: optional class names; meta: optional JSON-serialisable extras.
+    """
+    if not isinstance(normalization, dict):
+        raise TypeError(f"normalization must be a dict, got {type(normalization).__name__}")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": model.spec,
+        "normalization": normalization,
+        "input_shape": [int(d) for d in input_shape],
+        "classes": classes,
+        "meta": meta or {},
+    }
+    return _write(Path(path), header, model.state_dict())
+
+
+def _read(path: Path) -> tuple[str, dict[str, np.ndarray], str]:
+    """Read the raw members of a model file: (header text, state, stored hash)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ModelFileError(f"{path}: not a model file (a .npy array, not an .npz)")
+        with loaded as z:
+            members = {name: z[name] for name in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"{path}: not a readable .npz file, truncated or corrupt "
+                             f"({type(e).__name__}: {e})") from None
+    header, digest = members.pop("header", None), members.pop("sha256", None)
+    if header is None or digest is None:
+        raise ModelFileError(f"{path}: not a model file (no header or hash)")
+    if header.dtype.kind != "U" or header.ndim or digest.dtype.kind != "U" or digest.ndim:
+        raise ModelFileError(f"{path}: not a model file (malformed header or hash)")
+    stray = [k for k in members if not k.startswith(_STATE)]
+    if stray:
+        raise ModelFileError(f"{path}: unexpected member(s) {stray}")
+    state = {k[len(_STATE):]: v for k, v in members.items()}
+    return str(header), state, str(digest)
+
+
+def load(path: str | os.PathLike) -> tuple[Sequential, ModelInfo]:
+    """Rebuild the model saved at `path`. Returns (model, ModelInfo); raises ModelFileError."""
+    path = Path(path)
+    header_text, state, digest = _read(path)
+    try:
+        header = json.loads(header_text)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a model file (format is not {FORMAT!r})")
+    # the version before the hash: another version may hash differently
+    if header.get("version") != VERSION:
+        raise ModelFileError(f"{path}: format version {header.get('version')!r}, "
+                             f"this code reads version {VERSION}")
+    if _content_hash(header_text, state) != digest:
+        raise ModelFileError(f"{path}: content hash mismatch (file modified or corrupt)")
+    missing = sorted({"spec", "normalization", "input_shape", "classes", "meta"} - header.keys())
+    if missing:
+        raise ModelFileError(f"{path}: header lacks {missing}")
+    try:
+        model = Sequential.from_spec(header["spec"], np.random.default_rng(0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: bad architecture spec ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: weights do not match the architecture ({e})") from None
+    input_shape = tuple(header["input_shape"])
+    try:  # one zero image through the net: the spec must accept the declared input shape
+        model.forward(np.zeros((1, *input_shape), np.float32), training=False)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: architecture does not accept input shape "
+                             f"{input_shape} ({e})") from None
+    info = ModelInfo(normalization=header["normalization"], input_shape=input_shape,
+                     classes=header["classes"], meta=header["meta"],
+                     version=header["version"], sha256=digest)
+    return model, info

@@ -1,0 +1,140 @@
+"""The training loop: seeded shuffling, mini-batches, history, early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from nn.losses import log_softmax, softmax_cross_entropy
+from nn.optim import clip_grad_norm
+
+
+class DivergedError(RuntimeError):
+    """The loss or the weights became NaN or infinite during training."""
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` in inference mode.
+
+    x: (N, ...) float32 inputs; y: (N,) int labels. Returns (loss, accuracy in [0, 1]).
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"evaluate needs matching non-empty x and y, got {len(x)} and {len(y)}")
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(x[start:start + batch_size], training=False)
+        yb = y[start:start + batch_size]
+        log_p = log_softmax(logits)
+        total_loss -= float(log_p[np.arange(len(yb)), yb].sum(dtype=np.float64))
+        correct += int((logits.argmax(axis=1) == yb).sum())
+    return total_loss / len(x), correct / len(x)
+
+
+def _check_data(name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if x.dtype != np.float32:
+        raise ValueError(f"{name}: inputs must be float32, got {x.dtype} (convert once, before fit)")
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
+
+
+def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
+        x_dev: np.ndarray | None = None, y_dev: np.ndarray | None = None, *,
+        epochs: int, batch_size: int, rng: np.random.Generator,
+        schedule=None, augment: Callable | None = None, label_smoothing: float = 0.0,
+        clip_norm: float | None = None, early_stopping_patience: int | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None) -> list[dict]:
+    """Train `model` in place with mini-batch gradient descent; returns the per-epoch history.
+
+    x_train: (N, H, W, 1) float32; y_train: (N,) int. Each epoch visits a fresh permutation
+    drawn from `rng` in batches of `batch_size` (the last may be smaller); the batches are
+    indexed, the training set is never copied. `augment(xb, rng) -> xb` runs on each batch.
+    `schedule(step)` sets optimizer.lr before every step (step counted over the run) and
+    `schedule.epoch_end(record)`, if present, runs after every epoch.
+    Each record: epoch (1-based), loss (mean training loss), train_acc (running accuracy
+    over the epoch's batches in training mode, i.e. while the weights change: cheap, not
+    a separate pass), dev_loss and dev_acc (inference mode; None without a dev set),
+    lr (that of the epoch's first step), seconds.
+    With early_stopping_patience=p, training stops after p epochs without a better dev
+    accuracy, and the weights of the best epoch are restored at the end.
+    `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
+    epoch). A NaN/inf loss or weight raises DivergedError, never returns a NaN model.
+    """
+    _check_data("train", x_train, y_train)
+    has_dev = x_dev is not None and y_dev is not None
+    if has_dev:
+        _check_data("dev", x_dev, y_dev)
+    elif x_dev is not None or y_dev is not None:
+        raise ValueError("give both x_dev and y_dev, or neither")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if early_stopping_patience is not None and not has_dev:
+        raise ValueError("early stopping needs a dev set (x_dev, y_dev)")
+    if len(x_train) == 0:
+        raise ValueError("train: no examples")
+
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    epoch_end = getattr(schedule, "epoch_end", None)
+    history: list[dict] = []
+    best_acc, best_state, best_epoch = -1.0, None, 0
+    global_step = 0
+    for epoch in range(1, epochs + 1):
+        start_time = time.perf_counter()
+        order = rng.permutation(n)
+        epoch_lr = None
+        loss_sum, correct = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            xb, yb = x_train[idx], y_train[idx]          # copies one batch only
+            if augment is not None:
+                xb = augment(xb, rng)
+            if schedule is not None:
+                optimizer.lr = float(schedule(global_step))
+            if epoch_lr is None:
+                epoch_lr = optimizer.lr
+
+            logits = model.forward(xb, training=True)
+            loss, dlogits = softmax_cross_entropy(logits, yb, label_smoothing)
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} at epoch {epoch}, "
+                                    f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
+            model.backward(dlogits)
+            grads = model.grads()                       # fetched anew: layers may rebind them
+            if clip_norm is not None:
+                clip_grad_norm(grads, clip_norm)
+            optimizer.step(model.params(), grads)
+            global_step += 1
+
+            loss_sum += loss * len(yb)
+            correct += int((logits.argmax(axis=1) == yb).sum())
+            if on_step is not None:
+                on_step(step + 1, steps_per_epoch, loss)
+
+        bad = [k for k, p in model.params().items() if not np.isfinite(p).all()]
+        if bad:
+            raise DivergedError(f"weights {bad[:3]} became non-finite in epoch {epoch} "
+                                f"(lr {optimizer.lr:g})")
+        dev_loss, dev_acc = evaluate(model, x_dev, y_dev, batch_size) if has_dev else (None, None)
+        record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
+                  "dev_loss": dev_loss, "dev_acc": dev_acc, "lr": epoch_lr,
+                  "seconds": time.perf_counter() - start_time}
+        history.append(record)
+        if epoch_end is not None:
+            epoch_end(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+        if early_stopping_patience is not None:
+            if dev_acc > best_acc:
+                best_acc, best_state, best_epoch = dev_acc, model.state_dict(), epoch
+            elif epoch - best_epoch >= early_stopping_patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history

@@ -1,0 +1,166 @@
+"""Stage `train`: fit one model (the params.yaml section named by --model) and save it."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import typer
+
+from nn import optim
+from nn.augment import random_shift
+from nn.data.files import load_npz, write_bytes
+from nn.io import save
+from nn.model import Sequential
+from nn.progress import Progress
+from nn.schedules import make_schedule
+from nn.train import DivergedError, fit
+from stages.common import ParamsError, fatal_errors, load_params, range_
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    name: Literal["sgd", "adam", "adamw"]
+    lr: float = range_(0, lo_open=True)
+    weight_decay: float = range_(0, default=0.0)      # L2 (sgd, adam) or decoupled (adamw)
+    momentum: float = range_(0, 1, hi_open=True, default=0.9)  # sgd only
+    nesterov: bool = False                            # sgd only
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    name: Literal["constant", "step", "cosine", "onecycle", "plateau"]
+    args: dict = field(default_factory=dict)         # see nn.schedules.make_schedule
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = range_(0)
+    epochs: int = range_(1)
+    batch_size: int = range_(1)
+    optimizer: OptimizerParams
+    schedule: ScheduleParams
+    layers: tuple[dict, ...]                          # nn.model.Sequential.from_spec
+    label_smoothing: float = range_(0, 1, hi_open=True, default=0.0)
+    max_shift: int = range_(0, 8, default=0)          # augmentation: random shifts, in pixels
+    clip_norm: float | None = range_(0, lo_open=True, default=None)
+    early_stopping_patience: int | None = range_(1, default=None)
+
+    def validate(self) -> None:
+        for i, layer in enumerate(self.layers):
+            if layer.get("type") == "Dropout" and not 0 <= layer.get("p", 0.5) < 1:
+                raise ValueError(f"layers[{i}].p: {layer['p']!r} must be in [0, 1)")
+
+
+def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
+    if p.name == "sgd":
+        return optim.SGD(p.lr, momentum=p.momentum, nesterov=p.nesterov,
+                         weight_decay=p.weight_decay)
+    cls = optim.Adam if p.name == "adam" else optim.AdamW
+    return cls(p.lr, weight_decay=p.weight_decay)
+
+
+def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    d = load_npz(folder / f"{split}.npz", ("images", "labels"))
+    return d["images"], d["labels"].astype(np.int64)
+
+
+def normalise(images: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, H, W, 1) float32 (x / 255 - mean) / std."""
+    x = images.astype(np.float32)[..., None]
+    x *= np.float32(1 / 255)
+    x -= np.float32(mean)
+    x /= np.float32(std)
+    return x
+
+
+def history_csv(history: list[dict]) -> bytes:
+    import pandas as pd
+
+    columns = ["epoch", "loss", "train_acc", "dev_acc", "lr", "seconds"]
+    return pd.DataFrame(history)[columns].to_csv(index=False, float_format="%.6g").encode()
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    model: str = typer.Option(..., help="Model name: the params.yaml section to train with."),
+    data: Path = typer.Option(..., help="Folder with train.npz and dev.npz."),
+    out: Path = typer.Option(..., help="Where to write the trained model (.npz)."),
+    history: Path = typer.Option(..., help="Where to write the per-epoch history (.csv)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+) -> None:
+    stage = f"train@{model}"
+    with fatal_errors(stage, DivergedError, OSError, ValueError):
+        p = load_params(TrainParams, model, params)
+        x_train, y_train = load_split(data, "train")
+        x_dev, y_dev = load_split(data, "dev")
+        steps_per_epoch = -(-len(y_train) // p.batch_size)
+        rng = np.random.default_rng(p.seed)
+        try:
+            net = Sequential.from_spec(list(p.layers), rng)
+        except ValueError as e:
+            raise ParamsError(f"{model}.layers: {e}") from None
+        try:
+            schedule = make_schedule(p.schedule.name, p.optimizer.lr, p.epochs * steps_per_epoch,
+                                     steps_per_epoch, **p.schedule.args)
+        except ValueError as e:
+            raise ParamsError(f"{model}.schedule: {e}") from None
+        opt = make_optimizer(p.optimizer)
+
+        # Normalisation from the training images; it travels with the model file.
+        mean = float(x_train.mean(dtype=np.float64) / 255)
+        std = float(x_train.std(dtype=np.float64) / 255)
+        input_shape = (*x_train.shape[1:], 1)
+        num_classes = net.predict_proba(np.zeros((1, *input_shape), np.float32)).shape[1]
+        if max(y_train.max(), y_dev.max()) >= num_classes:
+            raise ParamsError(f"{model}.layers: {num_classes} outputs, but labels go up to "
+                              f"{max(y_train.max(), y_dev.max())}")
+        classes = [f"{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)]
+        x_train, x_dev = normalise(x_train, mean, std), normalise(x_dev, mean, std)
+        print(f"{stage}: {len(y_train):,} train / {len(y_dev):,} dev images {input_shape}, "
+              f"{num_classes} classes, {net.num_params():,} parameters")
+        print(net.summary(input_shape))
+
+        background = np.float32(-mean / std)
+
+        def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+            return random_shift(xb, p.max_shift, gen, fill=background)
+
+        bar = Progress(steps_per_epoch, f"{stage} epoch 1")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            bar.update(1, f"loss {loss:.4f}")
+
+        def on_epoch(r: dict) -> None:
+            bar.close()
+            bar.done, bar.label = 0, f"{stage} epoch {r['epoch'] + 1}"
+            print(f"{stage}: epoch {r['epoch']:3d}/{p.epochs}  loss {r['loss']:.4f}  "
+                  f"train {r['train_acc']:.4f}  dev {r['dev_acc']:.4f}  lr {r['lr']:.2e}  "
+                  f"{r['seconds']:.1f} s", flush=True)
+
+        start = time.perf_counter()
+        records = fit(net, opt, x_train, y_train, x_dev, y_dev, epochs=p.epochs,
+                      batch_size=p.batch_size, rng=rng, schedule=schedule,
+                      augment=augment if p.max_shift else None,
+                      label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
+                      early_stopping_patience=p.early_stopping_patience,
+                      on_epoch=on_epoch, on_step=on_step if bar.enabled else None)
+        best = max(r["dev_acc"] for r in records)
+        save(out, net, normalization={"mean": mean, "std": std}, input_shape=input_shape,
+             classes=classes, meta={"model": model, "epochs_run": len(records),
+                                    "best_dev_acc": best})
+        write_bytes(history, history_csv(records))
+        print(f"{stage}: best dev accuracy {best:.4f}; {time.perf_counter() - start:.0f} s; "
+              f"-> {out}, {history}")
+
+
+if __name__ == "__main__":
+    app()
