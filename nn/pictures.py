@@ -83,6 +83,6 @@ def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], title: str) -> Ima
 
 def error_gallery(images: np.ndarray, actual: Sequence[str], predicted: Sequence[str],
                   confidence: Sequence[float], columns: int = 8) -> Image.Image:
-    """Mistakes tiled with 'true -> predicted (p)' under each; images (N, H, W) uint8."""
-    captions = [f"{a} as {p} {c:.0%}" for a, p, c in zip(actual, predicted, confidence)]
+    """Mistakes tiled with 'true as predicted (probability)' under each; images (N, H, W) uint8."""
+    captions = [f"{a} as {p} ({c:.0%})" for a, p, c in zip(actual, predicted, confidence)]
     return labelled_grid(images, captions, columns=columns, scale=3, caption_height=16)

@@ -102,7 +102,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             logits = model.forward(xb, training=True)
             loss, dlogits = softmax_cross_entropy(logits, yb, label_smoothing)
             if not math.isfinite(loss):
-                raise DivergedError(f"loss became {loss} at epoch {epoch}, "
+                raise DivergedError(f"training diverged: loss became {loss} at epoch {epoch}, "
                                     f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
             model.backward(dlogits)
             grads = model.grads()                       # fetched anew: layers may rebind them
@@ -118,8 +118,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
 
         bad = [k for k, p in model.params().items() if not np.isfinite(p).all()]
         if bad:
-            raise DivergedError(f"weights {bad[:3]} became non-finite in epoch {epoch} "
-                                f"(lr {optimizer.lr:g})")
+            raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
+                                f"in epoch {epoch} (lr {optimizer.lr:g})")
         dev_loss, dev_acc = evaluate(model, x_dev, y_dev, batch_size) if has_dev else (None, None)
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
                   "dev_loss": dev_loss, "dev_acc": dev_acc, "lr": epoch_lr,

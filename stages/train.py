@@ -147,12 +147,14 @@ def main(
                   f"{r['seconds']:.1f} s", flush=True)
 
         start = time.perf_counter()
-        records = fit(net, opt, x_train, y_train, x_dev, y_dev, epochs=p.epochs,
-                      batch_size=p.batch_size, rng=rng, schedule=schedule,
-                      augment=augment if p.max_shift else None,
-                      label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
-                      early_stopping_patience=p.early_stopping_patience,
-                      on_epoch=on_epoch, on_step=on_step if bar.enabled else None)
+        # Overflow is caught as DivergedError, with its epoch and step, not as a numpy warning.
+        with np.errstate(over="ignore", invalid="ignore"):
+            records = fit(net, opt, x_train, y_train, x_dev, y_dev, epochs=p.epochs,
+                          batch_size=p.batch_size, rng=rng, schedule=schedule,
+                          augment=augment if p.max_shift else None,
+                          label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
+                          early_stopping_patience=p.early_stopping_patience,
+                          on_epoch=on_epoch, on_step=on_step if bar.enabled else None)
         best = max(r["dev_acc"] for r in records)
         save(out, net, normalization={"mean": mean, "std": std}, input_shape=input_shape,
              classes=classes, meta={"model": model, "epochs_run": len(records),

@@ -66,7 +66,7 @@ def test_same_seed_gives_bitwise_identical_weights():
 def test_nan_loss_raises_diverged_error_naming_epoch_and_step():
     x, y = separable(32, seed=3)
     x[20] = np.nan
-    with pytest.raises(DivergedError, match=r"loss became nan at epoch 1, step \d/4"):
+    with pytest.raises(DivergedError, match=r"training diverged: loss became nan at epoch 1, step \d/4"):
         fit(model(), SGD(0.1), x, y, epochs=2, batch_size=8, rng=np.random.default_rng(0))
 
 

@@ -1,0 +1,102 @@
+"""Stage `evaluate`: a trained model on the held-out test split -> metrics, tables, pictures."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from nn.data.files import load_npz, write_bytes
+from nn.io import ModelFileError, load
+from nn.losses import softmax_cross_entropy
+from nn.metrics import confusion_matrix, macro_f1, per_class
+from nn.pictures import confusion_heatmap, error_gallery
+from stages.common import fatal_errors
+from stages.train import normalise
+
+ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def evaluate(model, info, images: np.ndarray, labels: np.ndarray, train_seconds: float
+             ) -> dict:
+    """Everything the reports need about one model on one labelled split."""
+    x = normalise(images, info.normalization["mean"], info.normalization["std"])
+    proba = model.predict_proba(x)
+    predicted = proba.argmax(axis=1)
+    logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
+    loss, _ = softmax_cross_entropy(logits.astype(np.float64), labels)
+    k = len(info.classes)
+    cm = confusion_matrix(labels, predicted, k)
+    return {
+        "proba": proba, "predicted": predicted, "cm": cm,
+        "metrics": {
+            "accuracy": round(float((predicted == labels).mean()), 6),
+            "loss": round(float(loss), 6),
+            "macro_f1": round(macro_f1(cm), 6),
+            "samples": int(len(labels)),
+            "train_seconds": round(train_seconds, 1),
+            "params": int(model.num_params()),
+        },
+    }
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    model: Path = typer.Option(..., help="Trained model (.npz)."),
+    data: Path = typer.Option(..., help="Folder with test.npz."),
+    history: Path = typer.Option(..., help="The training history CSV (for the training time)."),
+    out: Path = typer.Option(..., help="Folder for metrics.json, per_class.csv, confusion.*, errors.png."),
+) -> None:
+    import pandas as pd
+
+    with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError):
+        net, info = load(model)
+        test = load_npz(data / "test.npz", ("images", "labels"))
+        images, labels = test["images"], test["labels"].astype(np.int64)
+        if tuple(info.input_shape) != (*images.shape[1:], 1):
+            raise ValueError(f"{model} takes {tuple(info.input_shape)} inputs, "
+                             f"{data / 'test.npz'} holds {images.shape[1:]} images")
+        train_seconds = float(pd.read_csv(history)["seconds"].sum())
+        r = evaluate(net, info, images, labels, train_seconds)
+        classes = np.array(info.classes)
+
+        table = pd.DataFrame({"class": classes, **per_class(r["cm"])})
+        wrong = np.flatnonzero(r["predicted"] != labels)
+        confidence = r["proba"][wrong, r["predicted"][wrong]]
+        worst = wrong[np.argsort(-confidence, kind="stable")[:ERRORS_SHOWN]]
+        name = Path(model).stem
+
+        write_bytes(out / "metrics.json", (json.dumps(r["metrics"], indent=2) + "\n").encode())
+        write_bytes(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f").encode())
+        write_bytes(out / "confusion.csv", pd.DataFrame({
+            "actual": classes[labels], "predicted": classes[r["predicted"]],
+        }).to_csv(index=False).encode())
+        write_bytes(out / "confusion.png", png_bytes(confusion_heatmap(
+            r["cm"], list(classes), f"{name}: test accuracy {r['metrics']['accuracy']:.2%}")))
+        if len(worst):
+            gallery = error_gallery(images[worst], classes[labels[worst]],
+                                    classes[r["predicted"][worst]],
+                                    r["proba"][worst, r["predicted"][worst]])
+        else:  # a perfect model still gets a picture, saying so
+            from nn.pictures import labelled_grid
+            gallery = labelled_grid(images[:1] * 0, ["no mistakes"], columns=1, scale=3)
+        write_bytes(out / "errors.png", png_bytes(gallery))
+        m = r["metrics"]
+        print(f"evaluate: {name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
+              f"macro-F1 {m['macro_f1']:.4f} on {m['samples']:,} test samples -> {out}")
+
+
+if __name__ == "__main__":
+    app()

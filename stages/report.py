@@ -1,0 +1,108 @@
+"""Stage `report`: one Markdown page (reports/README.md) a reviewer reads in CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nn.data.files import load_npz, write_bytes
+from stages.common import fatal_errors, read_yaml
+
+HARDEST = 5  # classes listed per model
+
+
+def dataset_sizes(folder: Path) -> dict[str, int]:
+    return {split: len(load_npz(folder / f"{split}.npz", ("labels",))["labels"])
+            for split in ("train", "dev", "test")}
+
+
+def describe_layers(layers: list[dict]) -> str:
+    parts = []
+    for layer in layers:
+        kind = layer["type"]
+        args = [f"{v}" for k, v in layer.items() if k != "type"]
+        parts.append(kind + (f"({', '.join(args)})" if args else ""))
+    return " → ".join(parts)
+
+
+def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, int]]) -> str:
+    """The page as Markdown. models: name -> {"dataset", "metrics", "per_class"}."""
+    lines = ["# Results", "",
+             "Produced by `dvc repro` (stage `report`); each model is evaluated on its held-out "
+             "test split.", "",
+             "| model | dataset | test accuracy | test loss | macro-F1 | test samples "
+             "| parameters | training time |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        x = m["metrics"]
+        lines.append(f"| {name} | {m['dataset']} | {x['accuracy']:.2%} | {x['loss']:.4f} "
+                     f"| {x['macro_f1']:.4f} | {x['samples']:,} | {x['params']:,} "
+                     f"| {x['train_seconds']:.0f} s |")
+    lines += ["", "## Hardest classes", "",
+              f"The {HARDEST} classes with the lowest F1 on the test split.", ""]
+    for name, m in models.items():
+        worst = m["per_class"].sort_values(["f1", "class"]).head(HARDEST)
+        cells = ", ".join(f"`{row['class']}` F1 {row['f1']:.3f} (recall {row['recall']:.3f}, "
+                          f"n={int(row['support'])})" for _, row in worst.iterrows())
+        lines.append(f"- **{name}**: {cells}")
+    lines += ["", "## Pictures", ""]
+    for name in models:
+        lines += [f"- {name}: [confusion matrix]({name}/confusion.png) · "
+                  f"[most confident mistakes]({name}/errors.png) · "
+                  f"[training curves]({name}/history.csv) · "
+                  f"[per-class table]({name}/per_class.csv)"]
+    lines += ["- MNIST-100 examples: [mnist100_samples.png](mnist100_samples.png)", ""]
+    for name in models:
+        lines += [f"![{name} confusion matrix]({name}/confusion.png)", ""]
+    lines += ["## Datasets", "", "| dataset | train | dev | test |", "|---|---:|---:|---:|"]
+    for dataset, sizes in datasets.items():
+        lines.append(f"| {dataset} | {sizes['train']:,} | {sizes['dev']:,} | {sizes['test']:,} |")
+    lines += ["", "## Params", ""]
+    for name in models:
+        p = params[name]
+        opt = p["optimizer"]
+        sched = p["schedule"]
+        args = ", ".join(f"{k}={v}" for k, v in (sched.get("args") or {}).items())
+        lines += [f"**{name}**: {p['epochs']} epochs, batch {p['batch_size']}, seed {p['seed']}, "
+                  f"{opt['name']} lr {opt['lr']} weight decay {opt.get('weight_decay', 0)}, "
+                  f"schedule {sched['name']}{f' ({args})' if args else ''}, "
+                  f"label smoothing {p.get('label_smoothing', 0)}, "
+                  f"shift augmentation ±{p.get('max_shift', 0)} px", "",
+                  f"`{describe_layers(p['layers'])}`", ""]
+    return "\n".join(lines)
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    model: list[str] = typer.Option(..., help="name=dataset folder, e.g. mlp=data/mnist; repeat."),
+    reports: Path = typer.Option(..., help="Folder holding <model>/metrics.json and per_class.csv."),
+    out: Path = typer.Option(..., help="The Markdown page to write."),
+    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+) -> None:
+    import pandas as pd
+
+    with fatal_errors("report", OSError, ValueError, KeyError):
+        p = read_yaml(params)
+        models, datasets = {}, {}
+        for item in model:
+            name, _, folder = item.partition("=")
+            if not folder:
+                raise ValueError(f"--model {item!r}: expected name=dataset-folder")
+            dataset = Path(folder).name
+            datasets.setdefault(dataset, dataset_sizes(Path(folder)))
+            models[name] = {
+                "dataset": dataset,
+                "metrics": json.loads((reports / name / "metrics.json").read_text()),
+                "per_class": pd.read_csv(reports / name / "per_class.csv", dtype={"class": str}),
+            }
+        write_bytes(out, render(models, p, datasets).encode())
+        print(f"report: {', '.join(models)} -> {out}")
+
+
+if __name__ == "__main__":
+    app()

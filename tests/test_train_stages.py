@@ -1,0 +1,188 @@
+"""train / evaluate / report stages on tiny data: params validation, outputs, divergence."""
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from nn.data.files import save_npz
+from nn.io import load
+from stages import evaluate, report, train
+
+CNN = [
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100},
+]
+MLP = [
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 784, "out_features": 32},
+    {"type": "ReLU"},
+    {"type": "Dropout", "p": 0.1},
+    {"type": "Linear", "in_features": 32, "out_features": 10},
+]
+
+
+def model_params(arch, **changes):
+    p = {"seed": 0, "epochs": 2, "batch_size": 32,
+         "optimizer": {"name": "adam", "lr": 0.01},
+         "schedule": {"name": "cosine", "args": {"warmup_epochs": 0.5}},
+         "max_shift": 1, "layers": arch}
+    p.update(changes)
+    return p
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny MNIST (digits drawn as bars, learnable) and MNIST-100 (random) folders."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name, n, width, k in (("mnist", 200, 28, 10), ("mnist100", 300, 56, 100)):
+        for split in ("train", "dev", "test"):
+            labels = (np.arange(n) % k).astype(np.uint8)
+            images = rng.integers(0, 40, size=(n, 28, width), dtype=np.uint8)
+            if k == 10:  # a bright row at the label's position: an easy, learnable digit
+                images[np.arange(n), 2 + 2 * labels, :] = 255
+            save_npz(root / name / f"{split}.npz", images=images, labels=labels)
+    return root
+
+
+def run_train(tmp_path, data, name, params, dataset):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({name: params}))
+    out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
+    result = CliRunner().invoke(train.app, [
+        "--model", name, "--data", str(data / dataset), "--out", str(out),
+        "--history", str(history), "--params", str(path)])
+    return result, out, history
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, "mlp.epochs: 0 must be >= 1"),
+    ({"batch_size": 0}, "mlp.batch_size: 0 must be >= 1"),
+    ({"optimizer": {"name": "adam", "lr": -0.1}}, "mlp.optimizer.lr: -0.1 must be > 0"),
+    ({"optimizer": {"name": "rmsprop", "lr": 0.1}}, "mlp.optimizer.name: 'rmsprop' is not one of"),
+    ({"optimizer": {"name": "sgd", "lr": 0.1, "momentun": 0.9}}, "mlp.optimizer.momentun: unknown key"),
+    ({"epochs": "ten"}, "mlp.epochs: expected an integer, got 'ten'"),
+    ({"label_smoothing": 1.0}, "mlp.label_smoothing: 1.0 must be < 1"),
+    ({"learning_rate": 0.1}, "mlp.learning_rate: unknown key"),
+    ({"layers": [{"type": "Dropout", "p": 1.0}]}, "mlp.layers[0].p: 1.0 must be in [0, 1)"),
+    ({"layers": [{"type": "Dense"}]}, "mlp.layers:"),
+    ({"schedule": {"name": "cosine", "args": {"warmup": 1}}}, "mlp.schedule: schedule 'cosine' got unknown argument"),
+])
+def test_bad_params_name_the_key_and_write_nothing(tmp_path, data, change, message):
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, **change), "mnist")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not out.exists() and not history.exists()
+
+
+def test_a_missing_params_section_is_an_error(tmp_path, data):
+    result, out, _ = run_train(tmp_path, data, "mlp", model_params(MLP), "mnist")
+    assert result.exit_code == 0
+    path = tmp_path / "params.yaml"
+    result = CliRunner().invoke(train.app, ["--model", "cnn", "--data", str(data / "mnist100"),
+                                            "--out", str(tmp_path / "x.npz"),
+                                            "--history", str(tmp_path / "h.csv"),
+                                            "--params", str(path)])
+    assert result.exit_code == 1 and "no section 'cnn'" in result.output
+
+
+def test_divergence_is_a_clear_error_and_leaves_no_model(tmp_path, data):
+    params = model_params(MLP, optimizer={"name": "sgd", "lr": 1e9, "momentum": 0.9},
+                          schedule={"name": "constant"})
+    result, out, history = run_train(tmp_path, data, "mlp", params, "mnist")
+    assert result.exit_code == 1
+    line = [ln for ln in result.output.splitlines() if "error" in ln]
+    assert len(line) == 1 and "diverged" in line[0].lower()
+    assert not out.exists() and not history.exists()
+
+
+def test_training_is_deterministic_and_writes_history(tmp_path, data):
+    a = run_train(tmp_path / "a", data, "mlp", model_params(MLP), "mnist")
+    b = run_train(tmp_path / "b", data, "mlp", model_params(MLP), "mnist")
+    assert a[0].exit_code == 0, a[0].output
+    assert a[1].read_bytes() == b[1].read_bytes()
+    history = pd.read_csv(a[2])
+    assert list(history.columns) == ["epoch", "loss", "train_acc", "dev_acc", "lr", "seconds"]
+    assert list(history["epoch"]) == [1, 2]
+    model, info = load(a[1])
+    assert info.classes == [str(i) for i in range(10)] and info.input_shape == (28, 28, 1)
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("eval")
+    outs = {}
+    for name, layers, dataset in (("mlp", MLP, "mnist"), ("cnn", CNN, "mnist100")):
+        result, model, history = run_train(tmp, data, name, model_params(layers), dataset)
+        assert result.exit_code == 0, result.output
+        out = tmp / "reports" / name
+        result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data",
+                                                   str(data / dataset), "--history", str(history),
+                                                   "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outs[name] = out
+    return tmp, outs
+
+
+def test_evaluate_writes_every_report_in_its_format(evaluated):
+    _, outs = evaluated
+    for name, k, width in (("mlp", 10, 1), ("cnn", 100, 2)):
+        out = outs[name]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "train_seconds", "params"}
+        assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
+        per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
+        assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
+        assert len(per_class) == k and per_class["support"].sum() == metrics["samples"]
+        confusion = pd.read_csv(out / "confusion.csv", dtype=str)
+        assert list(confusion.columns) == ["actual", "predicted"]
+        assert len(confusion) == metrics["samples"]
+        assert confusion["actual"].str.len().eq(width).all()       # "07", "42": sorts right
+        assert sorted(confusion["actual"].unique()) == [f"{i:0{width}d}" for i in range(k)]
+        accuracy = (confusion["actual"] == confusion["predicted"]).mean()
+        assert accuracy == pytest.approx(metrics["accuracy"], abs=1e-6)
+        w, h = png_size(out / "confusion.png")
+        assert w >= 10 * k // (1 if k == 10 else 2) and h >= w * 0.8
+        png_size(out / "errors.png")
+    assert json.loads((outs["mlp"] / "metrics.json").read_text())["accuracy"] > 0.9  # learnable
+
+
+def test_evaluate_rejects_a_corrupt_model(tmp_path, data):
+    bad = tmp_path / "m.npz"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    history = tmp_path / "h.csv"
+    history.write_text("epoch,seconds\n1,1\n")
+    result = CliRunner().invoke(evaluate.app, ["--model", str(bad), "--data", str(data / "mnist"),
+                                               "--history", str(history), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and str(bad) in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_page_lists_both_models(evaluated, data):
+    tmp, outs = evaluated
+    params = tmp / "p.yaml"
+    params.write_text(json.dumps({"mlp": model_params(MLP), "cnn": model_params(CNN)}))
+    page = tmp / "reports" / "README.md"
+    result = CliRunner().invoke(report.app, [
+        "--model", f"mlp={data / 'mnist'}", "--model", f"cnn={data / 'mnist100'}",
+        "--reports", str(tmp / "reports"), "--out", str(page), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    for needle in ("| mlp | mnist |", "| cnn | mnist100 |", "## Hardest classes",
+                   "(mlp/confusion.png)", "(cnn/errors.png)", "| mnist100 | 300 | 300 | 300 |"):
+        assert needle in text
