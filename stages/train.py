@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,0 +1,164 @@
+"""The `nn` command: classify images of handwritten digits with a saved model.
+
+Imports stay light at module level (typer, stdlib) so that `nn --help` and a one-image
+prediction start fast; NumPy, Pillow and the model code are imported when needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # joins wrapped docstring lines into paragraphs
+    help="From-scratch NumPy neural networks on MNIST and MNIST-100.",
+)
+
+EXIT_SOME_FAILED = 1  # some images could not be predicted; the others were
+EXIT_MODEL = 2  # the model could not be used; nothing was predicted
+BATCH_SIZE = 256  # images per forward pass: bounds memory, not a hyperparameter
+
+
+@app.callback()
+def main() -> None:
+    """From-scratch NumPy neural networks on MNIST and MNIST-100."""
+    # A callback keeps `predict` a subcommand (`nn predict ...`) while it is the only one.
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def _input_png_path(show_input: Path, index: int, count: int) -> Path:
+    """Where image `index` (0-based) of `count` writes its network input: PATH, or PATH-1, PATH-2, ..."""
+    if count == 1:
+        return show_input
+    return show_input.with_name(f"{show_input.stem}-{index + 1}{show_input.suffix}")
+
+
+def _write_inputs(show_input: Path, results: list[dict]) -> bool:
+    """Save each preprocessed input as a PNG; False (and a message) if any could not be written."""
+    from PIL import Image
+
+    ok = True
+    for i, r in enumerate(results):
+        if "input" not in r:
+            continue
+        png = _input_png_path(show_input, i, len(results))
+        try:
+            png.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(r["input"], mode="L").save(png, format="PNG")
+        except OSError as e:
+            _fail(f"{png}: cannot write ({(e.strerror or str(e)).lower()})")
+            ok = False
+    return ok
+
+
+def _format_text(file: str, top: list[tuple[str, float]]) -> str:
+    label, p = top[0]
+    ranked = ", ".join(f"{lab} {q:.3f}" for lab, q in top)
+    return f"{file}: {label} (p={p:.3f})  top-{len(top)}: {ranked}"
+
+
+DEFAULT_MODEL = Path("models/cnn.npz")  # the two-digit CNN the pipeline trains
+IMAGES_HELP = "Image files (PNG, JPEG, ...: anything Pillow reads)."
+SHOW_INPUT_HELP = (
+    "Write the exact array the network sees as a PNG; with several images, "
+    "PATH-1.png, PATH-2.png, ... (1-based, in argument order)."
+)
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help=IMAGES_HELP, metavar="IMAGE", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Saved model (.npz).")] = DEFAULT_MODEL,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many ranked labels to show.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per image.")] = False,
+    show_input: Annotated[
+        Path | None, typer.Option("--show-input", help=SHOW_INPUT_HELP, show_default=False)
+    ] = None,
+) -> None:
+    """Predict the digit (MLP, 28x28) or two-digit number (CNN, 28x56) in each image.
+
+    Each image is preprocessed as MNIST was made: grayscale, inverted if dark-on-light,
+    cropped to its ink, scaled into 20x20 and centred by mass in 28x28 (per digit).
+
+    Exit status: 0 all predicted, 1 some images failed (the others are still printed),
+    2 the model could not be loaded.
+    """
+    import numpy as np
+
+    from nn import io as nn_io
+    from nn.preprocess import ImageError, preprocess
+
+    try:
+        net, info = nn_io.load(model)
+    except nn_io.ModelFileError as e:
+        message = str(e)  # nn.io's messages start with the path; make sure of it
+        _fail(message if message.startswith(str(model)) else f"{model}: {message}")
+        raise typer.Exit(EXIT_MODEL) from None
+    shape = tuple(info.input_shape)
+    if len(shape) != 3 or shape[0] != 28 or shape[1] not in (28, 56) or shape[2] != 1:
+        _fail(f"{model}: input shape {shape} is neither 28x28x1 (one digit) nor 28x56x1 (two digits)")
+        raise typer.Exit(EXIT_MODEL)
+    width = shape[1]
+    try:
+        mean, std = np.float32(info.normalization["mean"]), np.float32(info.normalization["std"])
+    except (KeyError, TypeError, ValueError):
+        _fail(f"{model}: normalization {info.normalization!r} lacks a numeric mean and std")
+        raise typer.Exit(EXIT_MODEL) from None
+
+    results: list[dict] = []  # per image, in argument order: {"file", "error"} or {"file", "input"}
+    for path in images:
+        try:
+            results.append({"file": str(path), "input": preprocess(path, width)})
+        except ImageError as e:
+            results.append({"file": str(path), "error": str(e)})
+        except OSError as e:  # missing file, a directory, unreadable permissions
+            results.append({"file": str(path), "error": (e.strerror or str(e)).lower()})
+
+    good = [r for r in results if "input" in r]
+    if good:
+        x = np.stack([r["input"] for r in good])[..., None].astype(np.float32)  # (N, 28, W, 1)
+        x = (x / np.float32(255.0) - mean) / std
+        proba = net.predict_proba(x, batch_size=BATCH_SIZE)  # (N, classes)
+        classes = info.classes or [str(i) for i in range(proba.shape[1])]
+        k = min(top_k, len(classes))
+        ranks = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        for r, p, order in zip(good, proba, ranks):
+            r["top"] = [(classes[i], float(p[i])) for i in order]
+
+    for r in results:
+        if "error" in r:
+            _fail(f"{r['file']}: {r['error']}")
+    write_failed = show_input is not None and not _write_inputs(show_input, results)
+    if as_json:
+        out = [
+            {"file": r["file"], "error": r["error"]}
+            if "error" in r
+            else {
+                "file": r["file"],
+                "label": r["top"][0][0],
+                "probability": round(r["top"][0][1], 6),
+                "top_k": [{"label": lab, "probability": round(q, 6)} for lab, q in r["top"]],
+            }
+            for r in results
+        ]
+        # one object per line: valid JSON for a parser, readable and greppable for a person
+        typer.echo("[\n" + ",\n".join(json.dumps(o) for o in out) + "\n]")
+    else:
+        for r in results:
+            if "error" not in r:
+                typer.echo(_format_text(r["file"], r["top"]))
+    if write_failed or any("error" in r for r in results):
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+if __name__ == "__main__":
+    app()
