@@ -1,0 +1,437 @@
+"""Private convolution / pooling kernels on NHWC arrays: im2col views, chunked matmuls, scratch buffers.
+
+The layers in `nn.layers` call these; nothing here is public API.
+
+"Pool layout": when a Conv2d's output goes (through BatchNorm2d / ReLU only) into a 2x2 stride-2
+MaxPool2d, `Sequential` asks the convolution to emit its rows per image in the order
+(dy, dx, i, j) instead of (h, w) with h = 2i + dy, w = 2j + dx. The array then has shape
+(N, 4, H/2 * W/2, C): each pooling window is the same position in four contiguous blocks, so the
+pool is three `np.maximum` calls. BatchNorm and ReLU work per channel and do not care about the
+order of the other axes. The values are bit-identical to the natural layout, only permuted.
+"""
+
+import contextlib
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Output pixels (im2col rows) per chunk of images: small enough for the chunk's buffers to stay
+# in cache, large enough that numpy's per-call overhead does not dominate. Measured best for
+# both convolutions of the default CNN, forward and backward, between 3,000 and 6,000.
+CHUNK_ROWS = 4096
+
+
+class Scratch:
+    """Reusable scratch arrays, one per name: never returned to callers, so reuse is safe.
+
+    Allocating the large temporaries afresh every step page-faults them in again each time.
+    The first axis is a capacity: `get` returns the leading `n` rows of a buffer at least that big.
+    """
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+        self._subs: dict[str, Scratch] = {}
+
+    def get(self, name: str, n: int, shape: tuple, dtype) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[1:] != tuple(shape) or buf.dtype != dtype or buf.shape[0] < n:
+            # Zero-filled once: padded buffers rely on borders that are never written.
+            buf = np.zeros((n, *shape), dtype)
+            self._bufs[name] = buf
+        return buf[:n]
+
+    def flat(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """A contiguous array of this shape (uninitialised) in a reused buffer."""
+        size = int(np.prod(shape))
+        buf = self._bufs.get(name)
+        if buf is None or buf.ndim != 1 or buf.size < size or buf.dtype != dtype:
+            buf = self._bufs[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+    def sub(self, i: int) -> "Scratch":
+        """A separate Scratch for worker thread i."""
+        key = f"worker{i}"
+        if key not in self._subs:
+            self._subs[key] = Scratch()
+        return self._subs[key]
+
+    def clear(self):
+        self._bufs.clear()
+        self._subs.clear()
+
+
+def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int,
+            pool_layout: bool) -> np.ndarray:
+    """Read-only im2col view of a padded input.
+
+    xp: (N, Hp, Wp, C) -> (N, ho, wo, kh, kw, C), or in pool layout (N, 2, 2, ho/2, wo/2, kh, kw, C).
+    """
+    n, _, _, c = xp.shape
+    s_n, s_h, s_w, s_c = xp.strides
+    if pool_layout:
+        shape = (n, 2, 2, ho // 2, wo // 2, kh, kw, c)
+        strides = (s_n, sh * s_h, sw * s_w, 2 * sh * s_h, 2 * sw * s_w, s_h, s_w, s_c)
+    else:
+        shape = (n, ho, wo, kh, kw, c)
+        strides = (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c)
+    return as_strided(xp, shape, strides, writeable=False)
+
+
+def fill_col(view: np.ndarray, n0: int, m: int, scratch: Scratch, name: str) -> np.ndarray:
+    """Copy the windows of images n0 .. n0+m-1 into a reused buffer: the (rows, kh*kw*C) im2col matrix.
+
+    view: from `windows`, its last three axes (kh, kw, C). With few channels the contiguous runs
+    (kw*C numbers) are short, so the buffer is filled transposed, (kh*kw*C, rows), with long runs
+    along the width instead (5x faster for C=1); matmul reads the transposed view without a copy.
+    """
+    win = view[n0:n0 + m]
+    kh, kw, c = win.shape[-3:]
+    k = kh * kw * c
+    rows = win.size // k
+    if kw * c >= 16:
+        col = scratch.flat(name, win.shape, win.dtype)
+        np.copyto(col, win)
+        return col.reshape(rows, k)
+    nd = win.ndim
+    win_t = win.transpose(nd - 3, nd - 2, nd - 1, *range(nd - 3))
+    col = scratch.flat(name, win_t.shape, win.dtype)
+    np.copyto(col, win_t)
+    return col.reshape(k, rows).T
+
+
+def images_per_chunk(rows_per_image: int, n: int) -> int:
+    """How many images of rows_per_image output pixels make a chunk of about CHUNK_ROWS."""
+    return max(1, min(n, CHUNK_ROWS // rows_per_image))
+
+
+def conv_matmul(xp: np.ndarray, w2d: np.ndarray, kh: int, kw: int, sh: int, sw: int,
+                ho: int, wo: int, pool_layout: bool, scratch: Scratch, name: str,
+                bias: np.ndarray | None = None) -> np.ndarray:
+    """Correlate padded input with a kernel matrix, a few images at a time.
+
+    xp: (N, Hp, Wp, C); w2d: (kh*kw*C, F) -> (N, ho*wo, F) in natural or pool row order.
+    """
+    n, c = xp.shape[0], xp.shape[3]
+    k = kh * kw * c
+    f = w2d.shape[1]
+    rows = ho * wo
+    out = np.empty((n, rows, f), dtype=np.result_type(xp, w2d))
+    view = windows(xp, kh, kw, sh, sw, ho, wo, pool_layout)
+
+    def part(lo, hi, scr):
+        step = images_per_chunk(rows, hi - lo)
+        for n0 in range(lo, hi, step):
+            n1 = min(hi, n0 + step)
+            o = out[n0:n1].reshape(-1, f)
+            np.matmul(fill_col(view, n0, n1 - n0, scr, name), w2d, out=o)
+            if bias is not None:
+                o += bias
+
+    parallel(part, n, rows, k, scratch)
+    return out
+
+
+def conv_weight_grad(xp: np.ndarray, dout: np.ndarray, kh: int, kw: int, sh: int, sw: int,
+                     ho: int, wo: int, pool_layout: bool, scratch: Scratch, name: str) -> np.ndarray:
+    """dW = col^T @ dout, rebuilding col chunk by chunk (cheaper than keeping it).
+
+    xp: (N, Hp, Wp, C); dout: (N, ho*wo, F) in the forward's row order -> (kh*kw*C, F).
+    """
+    n, c = xp.shape[0], xp.shape[3]
+    k = kh * kw * c
+    f = dout.shape[-1]
+    rows = ho * wo
+    view = windows(xp, kh, kw, sh, sw, ho, wo, pool_layout)
+    dtype = np.result_type(xp, dout)
+
+    def part(lo, hi, scr):
+        step = images_per_chunk(rows, hi - lo)
+        dw = np.zeros((k, f), dtype)
+        tmp = np.empty_like(dw)
+        for n0 in range(lo, hi, step):
+            n1 = min(hi, n0 + step)
+            col = fill_col(view, n0, n1 - n0, scr, name)
+            np.matmul(col.T, dout[n0:n1].reshape(-1, f), out=tmp)
+            dw += tmp
+        return dw
+
+    parts = parallel(part, n, rows, k, scratch)
+    for dw_i in parts[1:]:  # fixed order: deterministic
+        parts[0] += dw_i
+    return parts[0]
+
+
+def unpool_layout(a: np.ndarray, ho: int, wo: int) -> np.ndarray:
+    """View of a natural (N, ho, wo, C) array indexed like the pool layout (N, 2, 2, ho/2, wo/2, C)."""
+    n, c = a.shape[0], a.shape[-1]
+    return a.reshape(n, ho // 2, 2, wo // 2, 2, c).transpose(0, 2, 4, 1, 3, 5)
+
+
+def max4(ys: np.ndarray, out: np.ndarray, masks: np.ndarray | None, tmp: np.ndarray) -> None:
+    """Max over the 4 blocks of a pool-layout array, recording which one won, first maximum first.
+
+    ys: (N, 4, P, C) -> out (N, P, C). masks (3, N, P, C) bool, if given, receives
+    a = y1 > y0, c = y3 > y2 and d = max(y2, y3) > max(y0, y1): the winner is 2 + c if d else a.
+    Strict comparisons make an equal later value lose, so ties go to the first position in
+    row-major window order, as PyTorch. tmp: (N, P, C) scratch.
+    """
+    np.maximum(ys[:, 0], ys[:, 1], out=out)
+    np.maximum(ys[:, 2], ys[:, 3], out=tmp)
+    if masks is not None:
+        np.greater(ys[:, 1], ys[:, 0], out=masks[0])
+        np.greater(ys[:, 3], ys[:, 2], out=masks[1])
+        np.greater(tmp, out, out=masks[2])
+    np.maximum(out, tmp, out=out)
+
+
+def route4(g: np.ndarray, masks: np.ndarray, ys: np.ndarray) -> None:
+    """Backward of `max4`: each gradient to its one recorded maximum. g: (N, P, C) -> ys (N, 4, P, C).
+
+    g * mask and g - g * mask are exactly g or 0, so the routing adds no rounding.
+    """
+    a, c, d = masks
+    np.multiply(g, d, out=ys[:, 2])  # the share of the lower pair (2, 3)
+    np.subtract(g, ys[:, 2], out=ys[:, 0])  # the share of the upper pair (0, 1)
+    np.multiply(ys[:, 2], c, out=ys[:, 3])
+    np.subtract(ys[:, 2], ys[:, 3], out=ys[:, 2])
+    np.multiply(ys[:, 0], a, out=ys[:, 1])
+    np.subtract(ys[:, 0], ys[:, 1], out=ys[:, 0])
+
+
+def conv_pool_forward(xp: np.ndarray, w2d: np.ndarray, bias: np.ndarray | None, kh: int, kw: int,
+                      ho: int, wo: int, relu: bool, need_index: bool, scratch: Scratch):
+    """Stride-1 Conv2d (+ ReLU) + 2x2 MaxPool, a few images at a time so everything stays in cache.
+
+    xp: (N, Hp, Wp, C) padded input; w2d: (kh*kw*C, F) -> out (N, P, F) with P = ho/2 * wo/2, and
+    masks (3, N, P, F) bool recording the first maximum of each window (see `max4`).
+    Bit-identical to the unfused layers: bias is added before the max, ReLU after (they commute
+    exactly with max), and ties keep the first maximum as the unfused pool does.
+    """
+    n = xp.shape[0]
+    k, f = w2d.shape
+    p = (ho // 2) * (wo // 2)
+    dtype = np.result_type(xp, w2d)
+    out = np.empty((n, p, f), dtype)
+    masks = np.empty((3, n, p, f), np.bool_) if need_index else None
+    view = windows(xp, kh, kw, 1, 1, ho, wo, True)
+
+    def part(lo, hi, scr):
+        step = images_per_chunk(ho * wo, hi - lo)
+        y = scr.get("y", step, (4, p, f), dtype)
+        tmp = scr.get("g", step, (p, f), dtype)
+        for n0 in range(lo, hi, step):
+            m = min(hi, n0 + step) - n0
+            ys, o = y[:m], out[n0:n0 + m]
+            np.matmul(fill_col(view, n0, m, scr, "col"), w2d, out=ys.reshape(-1, f))
+            if bias is not None:
+                ys += bias
+            max4(ys, o, None if masks is None else masks[:, n0:n0 + m], tmp[:m])
+            if relu:
+                np.maximum(o, 0, out=o)
+
+    parallel(part, n, ho * wo, k, scratch)
+    return out, masks
+
+
+def conv_pool_backward(xp: np.ndarray, dout: np.ndarray, out: np.ndarray, masks: np.ndarray,
+                       w2d: np.ndarray, w_flip: np.ndarray | None, kh: int, kw: int, ho: int, wo: int,
+                       pads: tuple, relu: bool, scratch: Scratch):
+    """Backward of `conv_pool_forward`: per chunk, mask by ReLU and route to the recorded maxima,
+    then the convolution's backward (`conv_backward`).
+
+    dout, out: (N, P, F); masks: (3, N, P, F) -> dW (kh*kw*C, F), db (F,), dx (N, H, W, C) or None.
+    """
+    p, f = out.shape[1:]
+
+    def routed(n0, m, scr):
+        y = scr.get("y", m, (4, p, f), dout.dtype)
+        g = scr.get("g", m, (p, f), dout.dtype)
+        if relu:
+            mask = scr.get("gt", m, (p, f), np.bool_)
+            np.greater(out[n0:n0 + m], 0, out=mask)
+            np.multiply(dout[n0:n0 + m], mask, out=g)
+        else:
+            np.copyto(g, dout[n0:n0 + m])
+        route4(g, masks[:, n0:n0 + m], y)
+        return y.reshape(m, 4 * p, f)
+
+    return conv_backward(xp, routed, w2d, w_flip, kh, kw, ho, wo, pads, True, scratch)
+
+
+def conv_backward(xp: np.ndarray, dy_chunk, w2d: np.ndarray, w_flip: np.ndarray | None, kh: int,
+                  kw: int, ho: int, wo: int, pads: tuple, pool_layout: bool, scratch: Scratch):
+    """Stride-1 convolution backward, chunk by chunk: dW and db accumulate, and (if w_flip is
+    given) dx is the correlation of the padded output gradient with the flipped kernels.
+
+    dy_chunk(n0, m, scratch) -> (m, ho*wo, F): the output gradient of images n0..n0+m-1 in the
+    forward's row order (natural or pool layout). w_flip: (kh*kw*F, C).
+    -> dW (kh*kw*C, F), db (F,), dx (N, H, W, C) or None.
+    """
+    n, c = xp.shape[0], xp.shape[3]
+    k, f = w2d.shape
+    h, w = xp.shape[1] - pads[0] - pads[1], xp.shape[2] - pads[2] - pads[3]
+    dtype = np.result_type(xp, w2d)
+    view = windows(xp, kh, kw, 1, 1, ho, wo, pool_layout)
+    dx = None if w_flip is None else np.empty((n, h, w, c), dtype)
+    ft, fl = kh - 1 - pads[0], kw - 1 - pads[2]
+
+    def part(lo, hi, scr):
+        step = images_per_chunk(ho * wo, hi - lo)
+        ones = np.ones(step * ho * wo, dtype)
+        dw = np.zeros((k, f), dtype)
+        db = np.zeros(f, dtype)
+        tmp = np.empty((k, f), dtype)
+        if dx is not None:
+            dp = scr.get("dpad", step, (h + kh - 1, w + kw - 1, f), dtype)
+            dview = windows(dp, kh, kw, 1, 1, h, w, False)
+        for n0 in range(lo, hi, step):
+            m = min(hi, n0 + step) - n0
+            dy = dy_chunk(n0, m, scr)
+            dy2 = dy.reshape(-1, f)
+            db += ones[:dy2.shape[0]] @ dy2
+            np.matmul(fill_col(view, n0, m, scr, "col").T, dy2, out=tmp)
+            dw += tmp
+            if dx is not None:
+                inner = dp[:m, ft:ft + ho, fl:fl + wo]
+                if pool_layout:
+                    np.copyto(unpool_layout(inner, ho, wo), dy.reshape(m, 2, 2, ho // 2, wo // 2, f))
+                else:
+                    np.copyto(inner, dy.reshape(m, ho, wo, f))
+                np.matmul(fill_col(dview, 0, m, scr, "dcol"), w_flip, out=dx[n0:n0 + m].reshape(-1, c))
+        return dw, db
+
+    parts = parallel(part, n, ho * wo, k, scratch)
+    dw, db = parts[0]
+    for dw_i, db_i in parts[1:]:  # fixed order: deterministic
+        dw += dw_i
+        db += db_i
+    return dw, db, dx
+
+
+# ---------------------------------------------------------------- threads
+
+# im2col width (kh*kw*C_in) from which a convolution runs on all cores, one image range per
+# thread, with BLAS switched to one thread meanwhile. numpy releases the GIL in its loops, so the copies,
+# max-pooling and masking run in parallel too; measured 1.5x faster than one thread driving
+# 2-thread BLAS for the 32 -> 64 convolution. Below it (C_in = 1: tiny matmuls, many small
+# calls) threads contend for the GIL and are slower.
+PARALLEL_MIN_K = 64
+
+
+def _find_openblas():
+    """(get_num_threads, set_num_threads) of the OpenBLAS loaded in this process, or None.
+
+    numpy bundles OpenBLAS under prefixed names; other BLAS builds (MKL, Accelerate) give None
+    and convolutions simply run on one thread with threaded BLAS.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            try:
+                get, set_ = (getattr(lib, f"{prefix}_{name}_num_threads{suffix}") for name in ("get", "set"))
+            except AttributeError:
+                continue
+            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+            return get, set_
+    return None
+
+
+class _Workers:
+    """A lazily started thread pool, one thread per core, and OpenBLAS's thread-count controls."""
+
+    def __init__(self):
+        self.pool = None
+        self.blas = None
+        self.size = 0
+        self.single_blas = 0  # depth of single_threaded_blas() contexts
+        self.pid = os.getpid()
+
+    def get(self):
+        if self.pid != os.getpid():  # a forked child inherits the pool object but not its threads
+            self.__init__()
+        if self.size == 0:
+            self.blas = _find_openblas()
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            self.size = cores if self.blas is not None else 1
+            if self.size > 1:
+                self.pool = ThreadPoolExecutor(self.size, "nn-conv")
+        return self.pool
+
+
+_WORKERS = _Workers()
+
+
+def parallel(part, n: int, rows_per_image: int, k: int, scratch: Scratch) -> list:
+    """Run part(lo, hi, scratch) over contiguous image ranges covering 0..n, one per thread when
+    the work is matmul-heavy (k >= PARALLEL_MIN_K) and there are enough images; results in order.
+
+    The split depends only on n and the core count, so results are reproducible on one machine.
+    """
+    pool = _WORKERS.get() if k >= PARALLEL_MIN_K else None
+    workers = _WORKERS.size if pool is not None else 1
+    if workers > 1 and n >= workers * images_per_chunk(rows_per_image, n):
+        bounds = [n * i // workers for i in range(workers + 1)]
+        with single_threaded_blas():  # the cores are busy with our threads
+            futures = [pool.submit(part, bounds[i], bounds[i + 1], scratch.sub(i)) for i in range(workers)]
+            return [f.result() for f in futures]
+    return [part(0, n, scratch)]
+
+
+# Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
+# pooling, ReLU): those passes are memory-bound and ran 2x faster on two threads.
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+def parallel_rows(part, m: int, size: int) -> list:
+    """Run part(lo, hi) over contiguous row ranges covering 0..m, one per thread when the array
+    (size numbers) is big enough; results in order (reproducible: the split depends on m only)."""
+    pool = _WORKERS.get() if size >= PARALLEL_MIN_SIZE else None
+    workers = _WORKERS.size if pool is not None else 1
+    if workers > 1 and m >= workers:
+        bounds = [m * i // workers for i in range(workers + 1)]
+        with single_threaded_blas():
+            futures = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(workers)]
+            return [f.result() for f in futures]
+    return [part(0, m)]
+
+
+def uses_threads(k: int) -> bool:
+    """Whether a convolution with im2col width k runs on our threads."""
+    return k >= PARALLEL_MIN_K and _WORKERS.get() is not None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Hold OpenBLAS at one thread. Sequential wraps whole passes of a model with threaded
+    convolutions in this: OpenBLAS's idle threads spin for a while after each multi-threaded
+    call, and spinning next to our threads made the CNN step 1.5x slower."""
+    if _WORKERS.get() is None:
+        yield
+        return
+    get_threads, set_threads = _WORKERS.blas
+    previous = get_threads()
+    set_threads(1)
+    _WORKERS.single_blas += 1
+    try:
+        yield
+    finally:
+        _WORKERS.single_blas -= 1
+        set_threads(previous)
+
+
+def split_matmuls() -> bool:
+    """Whether a large matmul should be split over our threads: only while BLAS is held at one
+    thread (inside a CNN's pass). Otherwise OpenBLAS's own threads do it better."""
+    return _WORKERS.single_blas > 0

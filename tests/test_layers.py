@@ -1,0 +1,440 @@
+"""Layers: finite-difference gradient checks, fast paths against plain loops, pooling ties, dropout."""
+
+import numpy as np
+import pytest
+
+from nn import init
+from nn.gradcheck import check_gradients, numerical_gradient, rel_error
+from nn.layers import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+)
+from nn.model import Sequential
+
+F64 = np.float64
+TOL = 1e-6
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def assert_gradients(layer, x, **kwargs):
+    errors = check_gradients(layer, x, **kwargs)
+    assert max(errors.values()) < TOL, errors
+
+
+def force_threads(monkeypatch):
+    """Run every convolution on all cores, one image per chunk (normally only wide im2col)."""
+    from nn import _conv
+
+    monkeypatch.setattr(_conv, "PARALLEL_MIN_K", 1)
+    monkeypatch.setattr(_conv, "PARALLEL_MIN_SIZE", 0)
+    monkeypatch.setattr(_conv, "CHUNK_ROWS", 1)
+
+
+# ---------------------------------------------------------------- references: plain loops, float64
+
+def conv_ref(x, w, b, stride, pads):
+    """Loop over output pixels. x: (N, H, W, C), w: (kh, kw, C, F), pads: (top, bottom, left, right)."""
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw, _, f = w.shape
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, f))
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            out[:, i, j, :] = np.tensordot(patch, w, axes=3) + b
+    return out
+
+
+def conv_ref_backward(x, w, dout, stride, pads):
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw = w.shape[:2]
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(dout.shape[1]):
+        for j in range(dout.shape[2]):
+            rows, cols = slice(i * stride, i * stride + kh), slice(j * stride, j * stride + kw)
+            dw += np.tensordot(xp[:, rows, cols, :], dout[:, i, j, :], axes=([0], [0]))
+            dxp[:, rows, cols, :] += np.tensordot(dout[:, i, j, :], w, axes=([1], [3]))
+    dx = dxp[:, top:top + x.shape[1], left:left + x.shape[2], :]
+    return dx, dw, dout.sum(axis=(0, 1, 2))
+
+
+def maxpool_ref(x, k, s):
+    """Loops over every window; the gradient goes to np.argmax: the first maximum, row-major."""
+    n, h, w, c = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    out = np.zeros((n, ho, wo, c))
+    where = np.zeros((n, ho, wo, c, 2), int)
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    win = x[b, i * s:i * s + k, j * s:j * s + k, ch]
+                    a = np.argmax(win)
+                    out[b, i, j, ch] = win.flat[a]
+                    where[b, i, j, ch] = (i * s + a // k, j * s + a % k)
+    return out, where
+
+
+def maxpool_ref_backward(x_shape, where, dout):
+    dx = np.zeros(x_shape)
+    n, ho, wo, c = dout.shape
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    r, q = where[b, i, j, ch]
+                    dx[b, r, q, ch] += dout[b, i, j, ch]
+    return dx
+
+
+# ---------------------------------------------------------------- gradient checks
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradients(bias):
+    rng = np.random.default_rng(0)
+    layer = Linear(7, 5, bias, rng=rng, dtype=F64)
+    assert_gradients(layer, randn(rng, 3, 7))
+
+
+CONV_CASES = [  # (C_in, C_out, kernel, stride, padding, H, W)
+    (2, 3, 3, 1, 0, 6, 7),
+    (2, 3, 3, 1, 1, 5, 8),
+    (3, 2, 3, 1, "same", 7, 5),
+    (1, 4, 5, 1, "same", 6, 9),
+    (2, 2, 5, 1, 2, 5, 5),
+    (2, 3, 4, 1, "same", 6, 7),  # even kernel: asymmetric padding
+    (2, 3, 3, 2, 1, 7, 9),
+    (3, 2, 5, 2, 0, 9, 8),
+    (2, 2, 3, 1, 4, 3, 4),  # padding >= kernel: general dx path
+    (2, 3, (3, 1), (1, 2), (1, 0), 6, 7),
+    (6, 4, 3, 1, 1, 5, 6),  # kw * C_in >= 16: im2col stored row-major rather than transposed
+    (6, 3, 3, 2, 1, 7, 6),
+]
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,h,w", CONV_CASES)
+def test_conv_gradients(c_in, c_out, k, s, p, h, w):
+    rng = np.random.default_rng(1)
+    layer = Conv2d(c_in, c_out, k, s, p, rng=rng, dtype=F64)
+    layer.params["b"] = randn(rng, c_out)
+    assert_gradients(layer, randn(rng, 2, h, w, c_in))
+
+
+@pytest.mark.parametrize("k,s,h,w", [(2, None, 6, 8), (2, None, 5, 7), (3, 2, 7, 8), (2, 1, 4, 5),
+                                     (3, 3, 7, 6)])
+def test_maxpool_gradients(k, s, h, w):
+    rng = np.random.default_rng(2)
+    assert_gradients(MaxPool2d(k, s), randn(rng, 2, h, w, 3))
+
+
+def test_relu_and_flatten_gradients():
+    rng = np.random.default_rng(3)
+    x = randn(rng, 4, 3, 5, 2)
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    assert_gradients(ReLU(), x)
+    assert_gradients(Flatten(), x)
+
+
+def test_dropout_gradients():
+    rng = np.random.default_rng(4)
+    layer = Dropout(0.4, rng=rng)
+
+    def reseed():
+        layer.rng = np.random.default_rng(7)
+
+    assert_gradients(layer, randn(rng, 5, 6), before_forward=reseed)
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("layer_cls,shape", [(BatchNorm1d, (6, 4)), (BatchNorm2d, (3, 5, 7, 4)),
+                                             (BatchNorm2d, (2, 3, 2, 4))])
+def test_batchnorm_gradients_in_training(layer_cls, shape, threads, monkeypatch):
+    if threads:
+        force_threads(monkeypatch)
+    rng = np.random.default_rng(5)
+    layer = layer_cls(4, dtype=F64)
+    layer.params["gamma"] = randn(rng, 4)
+    layer.params["beta"] = randn(rng, 4)
+    assert_gradients(layer, randn(rng, *shape) * 3 + 1)
+
+
+def test_numerical_gradient_of_a_known_function():
+    x = np.array([1.0, -2.0, 3.0])
+    g = numerical_gradient(lambda: float(np.sum(x ** 3)), x)
+    assert rel_error(g, 3 * x ** 2) < 1e-9
+    assert np.array_equal(x, [1.0, -2.0, 3.0])  # restored
+
+
+# ---------------------------------------------------------------- fast paths against loops
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("c_in,c_out,k,s,p,h,w", [c for c in CONV_CASES if not isinstance(c[2], tuple)])
+def test_conv_matches_loop_reference(c_in, c_out, k, s, p, h, w, threads, monkeypatch):
+    if threads:
+        force_threads(monkeypatch)
+    rng = np.random.default_rng(6)
+    layer = Conv2d(c_in, c_out, k, s, p, rng=rng, dtype=F64)
+    layer.params["b"] = randn(rng, c_out)
+    x = randn(rng, 3, h, w, c_in)
+    out = layer.forward(x, training=True)
+    ref = conv_ref(x, layer.params["W"], layer.params["b"], s, layer.pads)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    dout = randn(rng, *out.shape)
+    dx = layer.backward(dout)
+    dx_ref, dw_ref, db_ref = conv_ref_backward(x, layer.params["W"], dout, s, layer.pads)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], db_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_chunking_matches_reference(monkeypatch):
+    """Several images per chunk and a ragged last chunk."""
+    from nn import _conv
+
+    monkeypatch.setattr(_conv, "CHUNK_ROWS", 3 * 6 * 7)  # 3 images per chunk
+    rng = np.random.default_rng(7)
+    layer = Conv2d(2, 3, 3, padding=1, rng=rng, dtype=F64)
+    x = randn(rng, 7, 6, 7, 2)
+    out = layer.forward(x, training=True)
+    ref = conv_ref(x, layer.params["W"], layer.params["b"], 1, layer.pads)
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    dout = randn(rng, *out.shape)
+    dx = layer.backward(dout)
+    dx_ref, dw_ref, _ = conv_ref_backward(x, layer.params["W"], dout, 1, layer.pads)
+    np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], dw_ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,s,h,w", [(2, None, 6, 8), (2, None, 7, 9), (3, 2, 7, 8), (2, 1, 5, 4)])
+def test_maxpool_matches_loop_reference_with_ties(k, s, h, w):
+    """MNIST-like input: mostly exact zeros and repeated values, so most windows have ties."""
+    rng = np.random.default_rng(8)
+    x = rng.choice([0.0, 0.0, 0.0, 0.5, 1.0], size=(2, h, w, 3))
+    layer = MaxPool2d(k, s)
+    out = layer.forward(x, training=True)
+    ref, where = maxpool_ref(x, k, s or k)
+    np.testing.assert_array_equal(out, ref)
+    dout = randn(rng, *out.shape)
+    # overlapping windows (stride < kernel) add gradients in another order: allow rounding only
+    np.testing.assert_allclose(layer.backward(dout), maxpool_ref_backward(x.shape, where, dout),
+                               rtol=0, atol=1e-14)
+
+
+def test_maxpool_tie_gradient_goes_to_first_maximum_only():
+    x = np.zeros((1, 4, 4, 1))
+    x[0, 2:, 2:, 0] = 7.0  # one window of four equal maxima, three windows of zeros
+    layer = MaxPool2d(2)
+    layer.forward(x, training=True)
+    dx = layer.backward(np.ones((1, 2, 2, 1)))
+    expected = np.zeros((4, 4))
+    expected[::2, ::2] = 1.0  # top-left of every window
+    np.testing.assert_array_equal(dx[0, :, :, 0], expected)
+
+
+def conv_relu_pool(batchnorm: bool, rng, c_in=2, c_out=3):
+    # before BatchNorm a conv bias has a zero gradient: leave it out, as usual
+    layers = [Conv2d(c_in, c_out, 3, padding="same", bias=not batchnorm, rng=rng, dtype=F64)]
+    if batchnorm:
+        layers.append(BatchNorm2d(c_out, dtype=F64))
+    return Sequential([*layers, ReLU(), MaxPool2d(2)])
+
+
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("c_in", [2, 6])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fused_conv_pool_matches_loop_reference_with_ties(batchnorm, c_in, threads, monkeypatch):
+    """Sequential's fused / pool-layout path against conv, ReLU and pool done by plain loops."""
+    if threads:
+        force_threads(monkeypatch)
+    rng = np.random.default_rng(9)
+    model = conv_relu_pool(batchnorm, rng, c_in)
+    model.layers[0].params["W"][..., 1] = 0.0  # channel 1: constant, ties in every window
+    if not batchnorm:
+        model.layers[0].params["b"] = np.array([0.1, 0.25, -0.3])
+    x = rng.choice([0.0, 0.0, 1.0], size=(5, 6, 10, c_in))
+    out = model.forward(x, training=True)
+    assert out.shape == (5, 3, 5, 3)
+    assert (model._fused == {0: 3}) == (not batchnorm)
+    y = conv_ref(x, model.layers[0].params["W"], model.layers[0].params.get("b", 0), 1, model.layers[0].pads)
+    if batchnorm:
+        bn = model.layers[1]
+        bn_ref = Sequential([BatchNorm2d(3, dtype=F64)])
+        y = bn_ref.forward(y, training=True)
+    r = np.maximum(y, 0)
+    ref, where = maxpool_ref(r, 2, 2)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    dout = randn(rng, *out.shape)
+    dx = model.backward(dout, input_grad=True)
+    dr = maxpool_ref_backward(r.shape, where, dout) * (r > 0)
+    if batchnorm:
+        dr = bn_ref.backward(dr, input_grad=True)
+        np.testing.assert_allclose(bn.grads["gamma"], bn_ref.layers[0].grads["gamma"], atol=1e-12)
+    dx_ref, dw_ref, db_ref = conv_ref_backward(x, model.layers[0].params["W"], dr, 1, model.layers[0].pads)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.layers[0].grads["W"], dw_ref, rtol=1e-10, atol=1e-12)
+    if not batchnorm:
+        np.testing.assert_allclose(model.layers[0].grads["b"], db_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fused_conv_pool_gradients(batchnorm):
+    rng = np.random.default_rng(10)
+    model = conv_relu_pool(batchnorm, rng)
+    if not batchnorm:
+        model.layers[0].params["b"] = randn(rng, 3) * 0.1
+    assert_gradients(model, randn(rng, 2, 4, 6, 2))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_fused_path_is_bit_identical_in_float32(batchnorm):
+    rng = np.random.default_rng(11)
+    layers = [Conv2d(1, 4, 3, padding="same", bias=not batchnorm, rng=rng)]
+    if batchnorm:
+        layers.append(BatchNorm2d(4))
+    model = Sequential([*layers, ReLU(), MaxPool2d(2), Flatten(), Linear(4 * 4 * 7, 5, rng=rng)])
+    x = rng.choice([0.0, 0.0, 0.3, 1.0], size=(9, 8, 14, 1)).astype(np.float32)
+    dout = rng.standard_normal((9, 5)).astype(np.float32)
+    results = []
+    for fast in (True, False):
+        model.pool_layout = fast
+        out = model.forward(x, training=True)
+        model.backward(dout)
+        results.append((out, {k: v.copy() for k, v in model.grads().items()}))
+        assert out.dtype == np.float32
+    (out_fast, g_fast), (out_slow, g_slow) = results
+    if batchnorm:  # BatchNorm's sums see the rows in another order
+        np.testing.assert_allclose(out_fast, out_slow, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(out_fast, out_slow)
+    for k in g_fast:
+        np.testing.assert_allclose(g_fast[k], g_slow[k], rtol=1e-4, atol=1e-4 * np.abs(g_slow[k]).max())
+
+
+def test_threaded_convolution_is_deterministic(monkeypatch):
+    force_threads(monkeypatch)
+    rng = np.random.default_rng(15)
+    layer = Conv2d(8, 16, 3, padding="same", rng=rng)
+    model = Sequential([layer, ReLU(), MaxPool2d(2)])
+    x = rng.standard_normal((9, 6, 8, 8)).astype(np.float32)
+    dout = rng.standard_normal((9, 3, 4, 16)).astype(np.float32)
+    runs = []
+    for _ in range(3):
+        out = model.forward(x, training=True)
+        dx = model.backward(dout, input_grad=True)
+        runs.append((out, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- behaviour
+
+def test_dropout_is_inverted_and_seeded():
+    x = np.ones((200, 50), np.float32)
+    a = Dropout(0.3, rng=np.random.default_rng(1)).forward(x, training=True)
+    b = Dropout(0.3, rng=np.random.default_rng(1)).forward(x, training=True)
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) == {0.0, np.float32(1 / 0.7)}
+    assert abs((a == 0).mean() - 0.3) < 0.02
+    assert abs(a.mean() - 1.0) < 0.03  # inverted: the expectation is unchanged
+    layer = Dropout(0.3, rng=np.random.default_rng(1))
+    assert layer.forward(x, training=False) is x
+    out = layer.forward(x, training=True)
+    np.testing.assert_array_equal(layer.backward(np.full_like(x, 2.0)), 2.0 * out)
+    assert Dropout(0.0, rng=np.random.default_rng(1)).forward(x, training=True) is x
+    assert not Dropout(1.0, rng=np.random.default_rng(1)).forward(x, training=True).any()
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_batchnorm_running_statistics_and_inference(threads, monkeypatch):
+    if threads:
+        force_threads(monkeypatch)
+    rng = np.random.default_rng(12)
+    layer = BatchNorm2d(3, momentum=0.2, dtype=F64)
+    x = randn(rng, 4, 5, 6, 3) * 2 + 3
+    out = layer.forward(x, training=True)
+    flat = x.reshape(-1, 3)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(out.reshape(-1, 3).var(0), 1, rtol=1e-4)
+    np.testing.assert_allclose(layer.buffers["running_mean"], 0.2 * flat.mean(0))
+    np.testing.assert_allclose(layer.buffers["running_var"], 0.8 + 0.2 * flat.var(0, ddof=1))
+    y = layer.forward(x, training=False)
+    rm, rv = layer.buffers["running_mean"], layer.buffers["running_var"]
+    np.testing.assert_allclose(y, (x - rm) / np.sqrt(rv + 1e-5))
+    with pytest.raises(RuntimeError, match="training=True"):
+        layer.backward(y)
+
+
+def test_float32_in_float32_out():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((4, 6, 8, 2)).astype(np.float32)
+    for layer in [Conv2d(2, 3, 3, padding=1, rng=rng), MaxPool2d(2), ReLU(), BatchNorm2d(2),
+                  Dropout(0.5, rng=rng), Flatten()]:
+        out = layer.forward(x, training=True)
+        assert out.dtype == np.float32, layer
+        assert layer.backward(np.ones_like(out)).dtype == np.float32, layer
+        for k, g in layer.grads.items():
+            assert g.dtype == np.float32 and g.shape == layer.params[k].shape, (layer, k)
+    lin = Linear(5, 3, rng=rng)
+    assert lin.forward(np.ones((2, 5), np.float32), True).dtype == np.float32
+
+
+def test_input_grad_false_skips_dx():
+    rng = np.random.default_rng(14)
+    for layer, x in [(Linear(4, 3, rng=rng), np.ones((2, 4), np.float32)),
+                     (Conv2d(1, 2, 3, rng=rng), np.ones((2, 5, 5, 1), np.float32))]:
+        out = layer.forward(x, training=True)
+        assert layer.backward(np.ones_like(out), input_grad=False) is None
+        assert set(layer.grads) == set(layer.params)
+
+
+def test_init_statistics_and_determinism():
+    w = init.he_normal((400, 300), 400, np.random.default_rng(0))
+    assert w.dtype == np.float32 and abs(w.std() - np.sqrt(2 / 400)) < 1e-3
+    u = init.he_uniform((400, 300), 400, np.random.default_rng(0))
+    assert abs(u.std() - np.sqrt(2 / 400)) < 1e-3
+    g = init.glorot_uniform((400, 300), 400, 300, np.random.default_rng(0))
+    assert np.abs(g).max() <= np.sqrt(6 / 700) and abs(g.std() - np.sqrt(2 / 700)) < 1e-3
+    gn = init.glorot_normal((400, 300), 400, 300, np.random.default_rng(0))
+    assert abs(gn.std() - np.sqrt(2 / 700)) < 1e-3
+    a = Conv2d(3, 8, 3, rng=np.random.default_rng(5), init="glorot").params["W"]
+    b = Conv2d(3, 8, 3, rng=np.random.default_rng(5), init="glorot").params["W"]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="init"):
+        Linear(3, 4, rng=np.random.default_rng(0), init="xavier")
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda rng: Conv2d(1, 2, 3, stride=2, padding="same", rng=rng), "same"),
+    (lambda rng: Conv2d(1, 2, 0, rng=rng), "kernel_size"),
+    (lambda rng: Conv2d(1, 2, 3, padding=-1, rng=rng), "padding"),
+    (lambda rng: Linear(0, 2, rng=rng), "in_features"),
+    (lambda rng: Dropout(1.5, rng=rng), "p must"),
+    (lambda rng: MaxPool2d(2, stride=0), "stride"),
+    (lambda rng: BatchNorm2d(4, momentum=2), "momentum"),
+])
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(np.random.default_rng(0))
+
+
+def test_shape_errors_name_the_layer():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="input channels"):
+        Conv2d(3, 2, 3, rng=rng).forward(np.ones((1, 5, 5, 1)), True)
+    with pytest.raises(ValueError, match="Linear expects"):
+        Linear(4, 2, rng=rng).forward(np.ones((2, 5)), True)
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        BatchNorm2d(3).forward(np.ones((2, 4, 4, 2)), True)

@@ -1,0 +1,155 @@
+"""Sequential: building from a spec, named live parameters, state dicts, prediction, summary."""
+
+import numpy as np
+import pytest
+from test_layers import force_threads
+
+from nn.gradcheck import check_gradients
+from nn.model import Sequential
+
+CNN_SPEC = [
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
+    {"type": "BatchNorm2d", "num_features": 4},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": 1, "init": "glorot"},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 2 * 4 * 6, "out_features": 8},
+    {"type": "ReLU"},
+    {"type": "Dropout", "p": 0.3},
+    {"type": "BatchNorm1d", "num_features": 8},
+    {"type": "Linear", "in_features": 8, "out_features": 5},
+]
+
+
+def make(seed=0, spec=CNN_SPEC):
+    return Sequential.from_spec(spec, np.random.default_rng(seed))
+
+
+def images(n, seed=1):
+    return np.random.default_rng(seed).uniform(0, 1, (n, 8, 16, 1)).astype(np.float32)
+
+
+def test_from_spec_builds_and_round_trips():
+    model = make()
+    assert [type(layer).__name__ for layer in model.layers] == [d["type"] for d in CNN_SPEC]
+    again = Sequential.from_spec(model.spec, np.random.default_rng(0))
+    assert again.spec == model.spec
+    for k, v in model.params().items():
+        np.testing.assert_array_equal(v, again.params()[k])  # same seed, same weights
+    assert model.spec[0]["padding"] == "same" and model.spec[4]["init"] == "glorot"
+
+
+@pytest.mark.parametrize("entry,match", [
+    ({"type": "Conv3d"}, r"layer 1: unknown type 'Conv3d'"),
+    ({"type": "ReLU", "inplace": True}, r"layer 1 \(ReLU\): unknown argument 'inplace'"),
+    ({"type": "Linear", "in_features": 3}, r"layer 1 \(Linear\): missing argument 'out_features'"),
+    ({"type": "Linear", "in_features": 3, "out_features": -2}, r"layer 1 \(Linear\): out_features"),
+    ({"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": "valid"},
+     r"layer 1 \(Conv2d\): padding"),
+    ({"type": "Linear", "in_features": 3, "out_features": 2, "rng": 5},
+     r"layer 1 \(Linear\): unknown argument 'rng'"),
+    ({"kind": "ReLU"}, r"layer 1: expected a dict with a 'type' key"),
+])
+def test_from_spec_errors_name_index_and_key(entry, match):
+    with pytest.raises(ValueError, match=match):
+        Sequential.from_spec([{"type": "Flatten"}, entry], np.random.default_rng(0))
+
+
+def test_params_grads_buffers_are_live_and_dotted():
+    model = make()
+    params = model.params()
+    assert list(params) == ["0.W", "0.b", "1.gamma", "1.beta", "4.W", "4.b", "8.W", "8.b",
+                            "11.gamma", "11.beta", "12.W", "12.b"]
+    assert set(model.buffers()) == {"1.running_mean", "1.running_var", "11.running_mean", "11.running_var"}
+    x = images(6)
+    before = model.forward(x, training=False)
+    params["12.b"] += 1.0  # in place, as an optimiser does
+    np.testing.assert_allclose(model.forward(x, training=False), before + 1.0, rtol=1e-6)
+    model.forward(x, training=True)
+    model.backward(np.ones((6, 5), np.float32))
+    grads = model.grads()
+    assert grads.keys() == params.keys()
+    assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
+
+
+def test_state_dict_round_trip_and_strictness():
+    model, other = make(0), make(1)
+    x = images(7)
+    model.forward(x, training=True)  # moves the running statistics
+    state = model.state_dict()
+    state["0.W"] += 0  # copies: editing them leaves the model alone
+    state["0.W"][...] = 0
+    assert model.params()["0.W"].any()
+    state = model.state_dict()
+    live = other.params()["0.W"]
+    other.load_state_dict(state)
+    assert other.params()["0.W"] is live  # loaded in place, an optimiser's references stay valid
+    np.testing.assert_array_equal(other.forward(x, training=False), model.forward(x, training=False))
+
+    with pytest.raises(ValueError, match="missing key '1.running_var'"):
+        other.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
+    with pytest.raises(ValueError, match="unexpected key '99.W'"):
+        other.load_state_dict({**state, "99.W": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"'8.W' has shape \(48, 9\), expected \(48, 8\)"):
+        other.load_state_dict({**state, "8.W": np.zeros((48, 9), np.float32)})
+
+
+def test_predict_proba_batches_and_inference_mode():
+    model = make()
+    x = images(23)
+    model.forward(x, training=True)  # non-trivial running statistics
+    p = model.predict_proba(x, batch_size=5)
+    assert p.shape == (23, 5) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(p, model.predict_proba(x, batch_size=1000), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(model.predict(x), p.argmax(axis=1))
+    np.testing.assert_array_equal(p, model.predict_proba(x, batch_size=5))  # no dropout, no state change
+
+
+def test_num_params_and_summary():
+    model = make()
+    expected = (9 * 4 + 4) + 8 + (36 * 6 + 6) + (48 * 8 + 8) + 16 + (8 * 5 + 5)
+    assert model.num_params() == expected
+    text = model.summary((8, 16, 1))
+    assert "(8, 16, 4)" in text and "(4, 8, 4)" in text and "(2, 4, 6)" in text and "(48,)" in text
+    assert f"{expected:,}" in text and "Conv2d" in text
+    with pytest.raises(ValueError, match=r"layer 0 \(Conv2d\)"):
+        model.summary((8, 16, 3))
+    with pytest.raises(ValueError, match=r"layer 8 \(Linear\)"):
+        model.summary((12, 16, 1))
+
+
+def test_mlp_from_spec_on_images():
+    spec = [{"type": "Flatten"}, {"type": "Linear", "in_features": 12, "out_features": 6},
+            {"type": "ReLU"}, {"type": "Linear", "in_features": 6, "out_features": 3}]
+    model = make(spec=spec)
+    x = np.random.default_rng(0).uniform(size=(4, 3, 4, 1)).astype(np.float32)
+    assert model.forward(x, training=True).shape == (4, 3)
+    assert model.backward(np.ones((4, 3), np.float32)) is None  # no input gradient unless asked
+    assert model.backward(np.ones((4, 3), np.float32), input_grad=True).shape == x.shape
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_model_gradient_check_float64(threads, monkeypatch):
+    """The whole CNN spec, fused conv+ReLU+pool and pool-layout BatchNorm included, in float64;
+    also with every convolution, matmul and BatchNorm pass split over threads."""
+    if threads:
+        force_threads(monkeypatch)
+    model = make(3)
+    for layer in model.layers:
+        for store in (layer.params, layer.buffers):
+            for k in store:
+                store[k] = store[k].astype(np.float64)
+    model.layers[0].params["b"][:] = 0  # conv bias before BatchNorm: zero gradient, skip
+    del model.layers[0].params["b"]
+    x = np.random.default_rng(4).standard_normal((4, 8, 16, 1))
+
+    def reseed():
+        model.layers[10].rng = np.random.default_rng(9)
+
+    errors = check_gradients(model, x, before_forward=reseed)
+    assert model._fused == {4: 7}
+    assert max(errors.values()) < 1e-6, errors
