@@ -7,17 +7,10 @@ import numpy as np
 
 from nn import _conv
 from nn.layers import LAYERS, BatchNorm2d, Conv2d, Layer, MaxPool2d, ReLU
+from nn.losses import softmax
 
 # Constructor arguments that are not part of a spec: passed in by from_spec or left at default.
 _NOT_SPEC = {"self", "rng", "dtype"}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable (row max subtracted). (N, K) -> (N, K)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
 
 
 class Sequential:
