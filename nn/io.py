@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nn.data.files import atomic_open
 from nn.model import Sequential
 
 FORMAT = "mnist-nn model"
@@ -70,22 +70,8 @@ def _write(path: Path, header: dict, state: dict[str, np.ndarray]) -> str:
     arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
     arrays["header"] = np.array(header_text)
     arrays["sha256"] = np.array(digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # no object arrays here, so nothing is pickled
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)  # no object arrays here, so nothing is pickled
     return digest
 
 

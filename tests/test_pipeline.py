@@ -110,3 +110,57 @@ def _outs(repo: Path) -> dict:
     lock = YAML(typ="safe").load(repo / "dvc.lock")
     return {name: [(o["path"], o["md5"]) for o in stage["outs"]]
             for name, stage in lock["stages"].items()}
+
+
+TINY_MODELS = {
+    "mlp.epochs": 1,
+    "mlp.layers": [{"type": "Flatten"},
+                   {"type": "Linear", "in_features": 784, "out_features": 16},
+                   {"type": "ReLU"},
+                   {"type": "Linear", "in_features": 16, "out_features": 10}],
+    "cnn.epochs": 1,
+    "cnn.layers": [{"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3,
+                    "padding": "same"},
+                   {"type": "ReLU"},
+                   {"type": "MaxPool2d", "kernel_size": 2},
+                   {"type": "Flatten"},
+                   {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100}],
+}
+
+
+def git_commit(repo: Path) -> None:
+    ident = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", *ident, "commit", "-qm", "state"], cwd=repo, check=True)
+
+
+def test_the_whole_pipeline_then_an_experiment(repo):
+    set_params(repo, **TINY_MODELS)
+    out = dvc(repo, "repro")
+    for stage in ("train@mlp", "train@cnn", "evaluate@mlp", "evaluate@cnn", "report"):
+        assert f"Running stage '{stage}'" in out
+    for name in ("mlp", "cnn"):
+        for f in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png", "errors.png",
+                  "history.csv"):
+            assert (repo / "reports" / name / f).is_file(), (name, f)
+        assert (repo / "models" / f"{name}.npz").is_file()
+    page = (repo / "reports" / "README.md").read_text()
+    assert "| mlp | mnist |" in page and "| cnn | mnist100 |" in page
+    metrics = dvc(repo, "metrics", "show")
+    assert "reports/mlp/metrics.json" in metrics and "reports/cnn/metrics.json" in metrics
+    assert "Data and pipelines are up to date." in dvc(repo, "repro")
+
+    git_commit(repo)
+    out = dvc(repo, "exp", "run", "-S", "mlp.epochs=2")
+    assert "Running stage 'train@mlp'" in out and "Running stage 'report'" in out
+    assert "train@cnn" not in out.replace("Stage 'train@cnn' didn't change", "")
+    assert "evaluate@cnn" not in out.replace("Stage 'evaluate@cnn' didn't change", "")
+
+    # A mistyped key: DVC refuses to override it; forced in with "+", our stage refuses it.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for key, message in (("mlp.epoch", "Could not override 'mlp.epoch'"),
+                         ("+mlp.epoch", "train@mlp: error: mlp.epoch: unknown key")):
+        bad = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"{key}=3"],
+                             cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        assert bad.returncode != 0
+        assert message in bad.stdout + bad.stderr
