@@ -109,7 +109,7 @@ def predict(
         raise typer.Exit(EXIT_MODEL)
     width = shape[1]
     try:
-        mean, std = np.float32(info.normalization["mean"]), np.float32(info.normalization["std"])
+        np.float32(info.normalization["mean"]), np.float32(info.normalization["std"])
     except (KeyError, TypeError, ValueError):
         _fail(f"{model}: normalization {info.normalization!r} lacks a numeric mean and std")
         raise typer.Exit(EXIT_MODEL) from None
@@ -125,8 +125,7 @@ def predict(
 
     good = [r for r in results if "input" in r]
     if good:
-        x = np.stack([r["input"] for r in good])[..., None].astype(np.float32)  # (N, 28, W, 1)
-        x = (x / np.float32(255.0) - mean) / std
+        x = nn_io.normalise(np.stack([r["input"] for r in good]), info.normalization)
         proba = net.predict_proba(x, batch_size=BATCH_SIZE)  # (N, classes)
         classes = info.classes or [str(i) for i in range(proba.shape[1])]
         k = min(top_k, len(classes))

@@ -44,6 +44,19 @@ class ModelInfo:
     sha256: str
 
 
+def normalise(images: np.ndarray, normalization: dict) -> np.ndarray:
+    """The model's input from raw images: (N, H, W) uint8 -> (N, H, W, 1) float32.
+
+    (x / 255 - mean) / std with the file's normalisation; training, evaluation and `nn predict`
+    all go through here, so the network always sees the same arithmetic.
+    """
+    x = images.astype(np.float32)[..., None]
+    x *= np.float32(1 / 255)
+    x -= np.float32(normalization["mean"])
+    x /= np.float32(normalization["std"])
+    return x
+
+
 def _content_hash(header_text: str, state: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256(header_text.encode("utf-8"))
     for key in sorted(state):

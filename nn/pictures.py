@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image encoded as PNG (deterministic: no timestamps)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def labelled_grid(images: np.ndarray, captions: Sequence[str], columns: int, scale: int = 2,

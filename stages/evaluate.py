@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -10,26 +9,19 @@ import numpy as np
 import typer
 
 from nn.data.files import load_npz, write_bytes
-from nn.io import ModelFileError, load
+from nn.io import ModelFileError, load, normalise
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
-from nn.pictures import confusion_heatmap, error_gallery
+from nn.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
-from stages.train import normalise
 
 ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def evaluate(model, info, images: np.ndarray, labels: np.ndarray, train_seconds: float
              ) -> dict:
     """Everything the reports need about one model on one labelled split."""
-    x = normalise(images, info.normalization["mean"], info.normalization["std"])
+    x = normalise(images, info.normalization)
     proba = model.predict_proba(x)
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import typer
 
 from nn.data.files import load_npz, save_npz, write_bytes
 from nn.data.mnist100 import synthesize
-from nn.pictures import labelled_grid
+from nn.pictures import labelled_grid, png_bytes
 from stages.common import fatal_errors, load_params, range_
 
 SPLITS = ("train", "dev", "test")
@@ -51,9 +50,7 @@ def main(
                 grid = labelled_grid(data["images"][:k],
                                      [f"{label:02d}" for label in data["labels"][:k]],
                                      columns=p.sample_grid)
-                buf = io.BytesIO()
-                grid.save(buf, format="PNG")
-                write_bytes(samples, buf.getvalue())
+                write_bytes(samples, png_bytes(grid))
                 print(f"synthesize: {k} examples -> {samples}")
 
 

@@ -13,7 +13,7 @@ import typer
 from nn import optim
 from nn.augment import random_shift
 from nn.data.files import load_npz, write_bytes
-from nn.io import save
+from nn.io import normalise, save
 from nn.model import Sequential
 from nn.progress import Progress
 from nn.schedules import make_schedule
@@ -68,15 +68,6 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return d["images"], d["labels"].astype(np.int64)
 
 
-def normalise(images: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """(N, H, W) uint8 -> (N, H, W, 1) float32 (x / 255 - mean) / std."""
-    x = images.astype(np.float32)[..., None]
-    x *= np.float32(1 / 255)
-    x -= np.float32(mean)
-    x /= np.float32(std)
-    return x
-
-
 def history_csv(history: list[dict]) -> bytes:
     import pandas as pd
 
@@ -114,20 +105,20 @@ def main(
         opt = make_optimizer(p.optimizer)
 
         # Normalisation from the training images; it travels with the model file.
-        mean = float(x_train.mean(dtype=np.float64) / 255)
-        std = float(x_train.std(dtype=np.float64) / 255)
+        normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
+                         "std": float(x_train.std(dtype=np.float64) / 255)}
         input_shape = (*x_train.shape[1:], 1)
         num_classes = net.predict_proba(np.zeros((1, *input_shape), np.float32)).shape[1]
         if max(y_train.max(), y_dev.max()) >= num_classes:
             raise ParamsError(f"{model}.layers: {num_classes} outputs, but labels go up to "
                               f"{max(y_train.max(), y_dev.max())}")
         classes = [f"{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)]
-        x_train, x_dev = normalise(x_train, mean, std), normalise(x_dev, mean, std)
+        x_train, x_dev = normalise(x_train, normalization), normalise(x_dev, normalization)
         print(f"{stage}: {len(y_train):,} train / {len(y_dev):,} dev images {input_shape}, "
               f"{num_classes} classes, {net.num_params():,} parameters")
         print(net.summary(input_shape))
 
-        background = np.float32(-mean / std)
+        background = np.float32(-normalization["mean"] / normalization["std"])
 
         def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
             return random_shift(xb, p.max_shift, gen, fill=background)
@@ -154,7 +145,7 @@ def main(
                           early_stopping_patience=p.early_stopping_patience,
                           on_epoch=on_epoch, on_step=on_step if bar.enabled else None)
         best = max(r["dev_acc"] for r in records)
-        save(out, net, normalization={"mean": mean, "std": std}, input_shape=input_shape,
+        save(out, net, normalization=normalization, input_shape=input_shape,
              classes=classes, meta={"model": model, "epochs_run": len(records),
                                     "best_dev_acc": best})
         write_bytes(history, history_csv(records))

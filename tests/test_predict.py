@@ -272,7 +272,7 @@ def render(images: np.ndarray, folder: Path) -> list[Path]:
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
-    return ((images / np.float32(255.0) - NORM["mean"]) / NORM["std"]).astype(np.float32)[..., None]
+    return nn_io.normalise(images, NORM)
 
 
 def cli_accuracy(model: Path, paths: list[Path], labels: np.ndarray, classes: list[str]) -> float:
@@ -338,5 +338,4 @@ def test_round_trip_with_the_trained_cnn(tmp_path):
 
 
 def normalise_with(images: np.ndarray, info) -> np.ndarray:
-    mean, std = info.normalization["mean"], info.normalization["std"]
-    return ((images / np.float32(255.0) - mean) / std).astype(np.float32)[..., None]
+    return nn_io.normalise(images, info.normalization)
