@@ -108,11 +108,10 @@ def predict(
         _fail(f"{model}: input shape {shape} is neither 28x28x1 (one digit) nor 28x56x1 (two digits)")
         raise typer.Exit(EXIT_MODEL)
     width = shape[1]
-    try:
-        np.float32(info.normalization["mean"]), np.float32(info.normalization["std"])
-    except (KeyError, TypeError, ValueError):
-        _fail(f"{model}: normalization {info.normalization!r} lacks a numeric mean and std")
-        raise typer.Exit(EXIT_MODEL) from None
+    norm = info.normalization
+    if not isinstance(norm, dict) or not all(type(norm.get(k)) in (int, float) for k in ("mean", "std")):
+        _fail(f"{model}: normalization {norm!r} lacks a numeric mean and std")
+        raise typer.Exit(EXIT_MODEL)
 
     results: list[dict] = []  # per image, in argument order: {"file", "error"} or {"file", "input"}
     for path in images:
