@@ -49,7 +49,7 @@ def check_gradients(obj, x: np.ndarray, *, training: bool = True, seed: int = 0,
 
     out = forward()
     r = np.random.default_rng(seed).standard_normal(out.shape)
-    dx = obj.backward(r, input_grad=True)
+    dx = obj.backward(r)
     grads = obj.grads() if callable(obj.grads) else obj.grads
     grads = {k: v.copy() for k, v in grads.items()}
 

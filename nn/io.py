@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nn.data.files import atomic_open
+from nn import engine
 from nn.model import Sequential
 
 FORMAT = "mnist-nn model"
@@ -156,7 +157,7 @@ def load(path: str | os.PathLike) -> tuple[Sequential, ModelInfo]:
     if missing:
         raise ModelFileError(f"{path}: header lacks {missing}")
     try:
-        model = Sequential.from_spec(header["spec"], np.random.default_rng(0))
+        model = engine.build(header["spec"], np.random.default_rng(0))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: bad architecture spec ({e})") from None
     try:

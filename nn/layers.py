@@ -1,30 +1,26 @@
-"""Layers: each a small object with `forward(x, training)` and `backward(dout)`.
+"""Reference layers: each `forward` and `backward` is the textbook math, in plain vectorised code.
 
-Contract: `params` and `grads` are dicts with the same keys and shapes (`{}` without parameters),
-`buffers` holds non-trainable state (BatchNorm running statistics). `forward` keeps in `self.cache`
-what `backward` needs, only when `training` is true: backward after an inference forward raises.
-`backward(dout, input_grad=True)` fills `self.grads` and returns dx; with `input_grad=False`
-(the first layer of a model) a layer may skip computing dx and return None.
+A layer is a small object with one job. `forward(x, training)` returns the output and keeps in
+`self.cache` what `backward` needs (only when `training` is true: backward after an inference
+forward raises); `backward(dout)` fills `self.grads` and returns dx = dL/dx. `params` and
+`grads` are dicts with the same keys and shapes (`{}` without parameters); `buffers` holds
+non-trainable state (BatchNorm's running statistics).
 
-Layout: 4-D tensors are NHWC `(N, H, W, C)`, not PyTorch's NCHW. Measured on the 2-core target
-machine NHWC is about 2x faster: channels are the contiguous axis, so im2col copies contiguous
-runs, per-channel reductions (bias, BatchNorm) sum rows of a C-contiguous matrix, and the conv
-output of a matmul is already NHWC. Flatten therefore flattens in (H, W, C) order.
+Everything here is written against `xp`, the array module of the input (NumPy, or CuPy on a
+GPU), with operations both have. No threads, no scratch buffers, no layout tricks: those live
+in the CPU engine, `nn.fast`, which `tests/test_fast.py` holds to these layers.
 
-Weights: Linear.W is (in_features, out_features) so that y = x @ W; Conv2d.W is
-(kh, kw, in_channels, out_channels) ("HWIO") so that it reshapes without a copy into the
-(kh*kw*C_in, C_out) matrix the im2col rows multiply. PyTorch's are W.T and W.transpose(3, 2, 0, 1).
-
-dtype follows the parameters (float32 by default, `dtype=np.float64` for gradient checks).
-Large convolutions, BatchNorm and pooling passes run on all cores (see `nn._conv`); the split
-depends only on the shapes, so results are reproducible on one machine.
+Layout: images are NHWC `(N, H, W, C)`, not PyTorch's NCHW: with channels the contiguous axis,
+an im2col row is a contiguous run and the matmul's output is already NHWC (about 2x faster on
+the CPU). Flatten therefore flattens in (H, W, C) order. Linear.W is (in_features, out_features)
+so that y = x @ W; Conv2d.W is (kh, kw, C_in, C_out) so that it reshapes into the
+(kh*kw*C_in, C_out) matrix an im2col row multiplies. PyTorch's are W.T and
+W.transpose(3, 2, 0, 1). dtype follows the parameters (float32; float64 for gradient checks).
 """
-
-import functools
 
 import numpy as np
 
-from nn import _conv
+from nn.backend import array_module
 from nn.init import INITS, init_weight
 
 
@@ -41,7 +37,7 @@ class Layer:
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, dout: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def output_shape(self, input_shape: tuple) -> tuple:
@@ -98,46 +94,60 @@ class Linear(Layer):
         if bias:
             self.params["b"] = np.zeros(out_features, dtype)
 
-    def forward(self, x, training):
+    def _check_input(self, x):
         if x.ndim != 2 or x.shape[1] != self._spec["in_features"]:
             raise ValueError(f"Linear expects (N, {self._spec['in_features']}), got {x.shape}")
-        w = self.params["W"]
-        out = np.empty((x.shape[0], w.shape[1]), np.result_type(x, w))
 
-        def rows(lo, hi):
-            np.matmul(x[lo:hi], w, out=out[lo:hi])
-            if "b" in self.params:
-                out[lo:hi] += self.params["b"]
-
-        _conv.parallel_rows(rows, x.shape[0], x.shape[0] * w.size // 64 if _conv.split_matmuls() else 0)
+    def forward(self, x, training):
+        self._check_input(x)
+        out = x @ self.params["W"]                          # (N, in) @ (in, out) -> (N, out)
+        if "b" in self.params:
+            out += self.params["b"]
         self.cache = x if training else None
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout):
+        """dout: (N, out) -> dx: (N, in); dW = xᵀ · dout, db = Σₙ dout."""
         x = self._need_cache()
-        w = self.params["W"]
-        dw = np.empty(w.shape, np.result_type(x, dout))
-        # split over threads only inside a CNN's one-thread-BLAS pass, for big enough products
-        size = x.shape[0] * w.size // 64 if _conv.split_matmuls() else 0
-
-        def in_rows(lo, hi):  # rows of W: independent slices of x.T @ dout
-            np.matmul(x[:, lo:hi].T, dout, out=dw[lo:hi])
-
-        _conv.parallel_rows(in_rows, w.shape[0], size)
-        self.grads["W"] = dw
+        self.grads["W"] = x.T @ dout                         # (in, N) @ (N, out) -> (in, out)
         if "b" in self.params:
             self.grads["b"] = dout.sum(axis=0)
-        if not input_grad:
-            return None
-        dx = np.empty(x.shape, dw.dtype)
-        _conv.parallel_rows(lambda lo, hi: np.matmul(dout[lo:hi], w.T, out=dx[lo:hi]), x.shape[0], size)
-        return dx
+        return dout @ self.params["W"].T                     # (N, out) @ (out, in) -> (N, in)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self._spec["in_features"],):
             raise ValueError(f"Linear expects ({self._spec['in_features']},) per example, "
                              f"got {tuple(input_shape)}")
         return (self._spec["out_features"],)
+
+
+def im2col(x_pad, kh: int, kw: int, sh: int, sw: int):
+    """Every kh x kw window of a padded input, as rows.
+
+    x_pad: (N, Hp, Wp, C) -> (N, H_out, W_out, kh, kw, C), a read-only view where possible:
+    window (i, j) starts at row i*sh, column j*sw. One matmul of its (N*H_out*W_out, kh*kw*C)
+    reshape with the (kh*kw*C, C_out) kernel matrix is the whole convolution.
+    """
+    xp = array_module(x_pad)
+    win = xp.lib.stride_tricks.sliding_window_view(x_pad, (kh, kw), axis=(1, 2))  # (N, Hp-kh+1, Wp-kw+1, C, kh, kw)
+    return win[:, ::sh, ::sw].transpose(0, 1, 2, 4, 5, 3)
+
+
+def col2im(dcols, x_shape: tuple, pads: tuple, sh: int, sw: int):
+    """The adjoint of `im2col` (then un-padding): add each window's gradient back where it came from.
+
+    dcols: (N, H_out, W_out, kh, kw, C) -> dx: x_shape = (N, H, W, C). An input pixel in several
+    windows receives the sum of their gradients: one strided scatter-add per kernel offset (a, b).
+    """
+    xp = array_module(dcols)
+    n, h, w, c = x_shape
+    top, bottom, left, right = pads
+    _, ho, wo, kh, kw, _ = dcols.shape
+    dx_pad = xp.zeros((n, h + top + bottom, w + left + right, c), dcols.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            dx_pad[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] += dcols[:, :, :, a, b]
+    return dx_pad[:, top:top + h, left:left + w]
 
 
 class Conv2d(Layer):
@@ -167,7 +177,7 @@ class Conv2d(Layer):
             for p in (ph, pw):
                 if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0:
                     raise ValueError(f"padding must be 'same', an int >= 0 or a pair, got {padding!r}")
-            self.pads = (int(ph), int(ph), int(pw), int(pw))
+            self.pads = (int(ph), int(ph), int(pw), int(pw))  # (top, bottom, left, right)
         _check_init(init)
         self._spec = {"in_channels": in_channels, "out_channels": out_channels,
                       "kernel_size": kernel_size if isinstance(kernel_size, int) else list(kernel_size),
@@ -180,7 +190,6 @@ class Conv2d(Layer):
                                        fan_in, fan_out, rng, dtype)
         if bias:
             self.params["b"] = np.zeros(out_channels, dtype)
-        self._scratch = _conv.Scratch()
 
     def _out_hw(self, h, w):
         top, bottom, left, right = self.pads
@@ -196,108 +205,43 @@ class Conv2d(Layer):
                              f"got {tuple(input_shape)}")
         return (*self._out_hw(*input_shape[:2]), self._spec["out_channels"])
 
-    def _pad(self, x):
-        """x: (N, H, W, C) -> zero-padded (N, H + top + bottom, W + left + right, C) in a reused buffer."""
-        n, h, w, c = x.shape
-        if c != self._spec["in_channels"]:
+    def _check_input(self, x):
+        if x.ndim != 4 or x.shape[3] != self._spec["in_channels"]:
             raise ValueError(f"Conv2d expects {self._spec['in_channels']} input channels, "
                              f"got shape {x.shape}")
+        self._out_hw(*x.shape[1:3])
+
+    def forward(self, x, training):
+        self._check_input(x)
+        xp = array_module(x)
         top, bottom, left, right = self.pads
-        dtype = np.result_type(x, self.params["W"])
-        if not (top or bottom or left or right):
-            return np.ascontiguousarray(x, dtype=dtype)
-        xp = self._scratch.get("xp", n, (h + top + bottom, w + left + right, c), dtype)
-        xp[:, top:top + h, left:left + w] = x
-        return xp
-
-    @property
-    def _flip_ok(self) -> bool:
-        """Whether dx can be computed as a stride-1 correlation with the flipped kernels."""
-        top, bottom, left, right = self.pads
-        return (self.sh, self.sw) == (1, 1) and max(top, bottom) < self.kh and max(left, right) < self.kw
-
-    def _w_flip(self):
-        wt = self.params["W"]  # (kh, kw, C_in, C_out) -> (kh*kw*C_out, C_in), kernels rotated 180 degrees
-        return np.ascontiguousarray(wt[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, wt.shape[2]))
-
-    def can_fuse_pool(self, input_shape: tuple) -> bool:
-        """Whether `forward_pool` applies: stride 1 and an even output size."""
-        ho, wo, _ = self.output_shape(input_shape)
-        return self._flip_ok and ho % 2 == 0 and wo % 2 == 0
-
-    def forward(self, x, training, pool_layout: bool = False):
-        """`pool_layout=True` (set by Sequential only) emits (N, 4, H_out/2 * W_out/2, C_out):
-        see `nn._conv`. H_out and W_out must then be even."""
-        n, h, w, _ = x.shape
-        ho, wo = self._out_hw(h, w)
-        xp = self._pad(x)
-        wt = self.params["W"]
-        out = _conv.conv_matmul(xp, wt.reshape(-1, wt.shape[3]), self.kh, self.kw, self.sh, self.sw,
-                                ho, wo, pool_layout, self._scratch, "col", self.params.get("b"))
-        self.cache = ("conv", xp, x.shape, ho, wo, pool_layout) if training else None
-        if pool_layout:
-            return out.reshape(n, 4, (ho // 2) * (wo // 2), -1)
+        x_pad = xp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))   # (N, Hp, Wp, C_in)
+        windows = im2col(x_pad, self.kh, self.kw, self.sh, self.sw)        # (N, Ho, Wo, kh, kw, C_in)
+        n, ho, wo = windows.shape[:3]
+        cols = windows.reshape(n * ho * wo, -1)                             # (N*Ho*Wo, kh*kw*C_in)
+        w2d = self.params["W"].reshape(cols.shape[1], -1)                   # (kh*kw*C_in, C_out)
+        out = cols @ w2d                                                    # (N*Ho*Wo, C_out)
+        if "b" in self.params:
+            out += self.params["b"]
+        self.cache = (x.shape, cols) if training else None
         return out.reshape(n, ho, wo, -1)
 
-    def forward_pool(self, x, training, relu: bool):
-        """This convolution, then ReLU if `relu`, then MaxPool2d(2), fused chunk by chunk (used by
-        Sequential when `can_fuse_pool`). x: (N, H, W, C_in) -> (N, H_out/2, W_out/2, C_out)."""
-        n, h, w, _ = x.shape
-        ho, wo = self._out_hw(h, w)
-        xp = self._pad(x)
-        wt = self.params["W"]
-        out, masks = _conv.conv_pool_forward(xp, wt.reshape(-1, wt.shape[3]), self.params.get("b"),
-                                             self.kh, self.kw, ho, wo, relu, training, self._scratch)
-        self.cache = ("pool", xp, x.shape, ho, wo, out, masks, relu) if training else None
-        return out.reshape(n, ho // 2, wo // 2, -1)
+    def backward(self, dout):
+        """dout: (N, Ho, Wo, C_out) -> dx: (N, H, W, C_in).
 
-    def backward(self, dout, input_grad=True):
-        cache = self._need_cache()
-        wt = self.params["W"]
-        f = wt.shape[3]
-        w_flip = self._w_flip() if input_grad and self._flip_ok else None
-        if cache[0] == "pool":
-            _, xp, x_shape, ho, wo, out, masks, relu = cache
-            grads = _conv.conv_pool_backward(xp, np.ascontiguousarray(dout).reshape(out.shape), out, masks,
-                                             wt.reshape(-1, f), w_flip, self.kh, self.kw, ho, wo,
-                                             self.pads, relu, self._scratch)
-        else:
-            _, xp, x_shape, ho, wo, pool_layout = cache
-            dout = np.ascontiguousarray(dout).reshape(x_shape[0], ho * wo, f)
-            if self._flip_ok:  # stride 1: one chunked pass for dW, db and dx
-                grads = _conv.conv_backward(xp, lambda n0, m, scr: dout[n0:n0 + m], wt.reshape(-1, f),
-                                            w_flip, self.kh, self.kw, ho, wo, self.pads, pool_layout,
-                                            self._scratch)
-            else:
-                grads = None
-        if grads is not None:
-            dw, db, dx = grads
-            self.grads["W"] = dw.reshape(wt.shape)
-            if "b" in self.params:
-                self.grads["b"] = db
-            return dx
-        n, h, w, c = x_shape
+        Forward was out = cols · W2d + b, so dW2d = colsᵀ · dout, db = Σ dout over every output
+        pixel, and dcols = dout · W2dᵀ, which col2im adds back onto the input pixels.
+        """
+        x_shape, cols = self._need_cache()
+        w = self.params["W"]
+        n, ho, wo, c_out = dout.shape
+        dout2 = dout.reshape(-1, c_out)                                     # (N*Ho*Wo, C_out)
+        self.grads["W"] = (cols.T @ dout2).reshape(w.shape)                 # (kh*kw*C_in, C_out)
         if "b" in self.params:
-            self.grads["b"] = _channel_sum(dout.reshape(-1, f))
-        self.grads["W"] = _conv.conv_weight_grad(
-            xp, dout, self.kh, self.kw, self.sh, self.sw, ho, wo, pool_layout, self._scratch, "col"
-        ).reshape(wt.shape)
-        if not input_grad:
-            return None
-        top, bottom, left, right = self.pads
-        kh, kw = self.kh, self.kw
-        # General case (stride > 1, large padding): scatter-add the im2col gradient.
-        if pool_layout:
-            nat = np.empty((n, ho, wo, f), dout.dtype)
-            np.copyto(_conv.unpool_layout(nat, ho, wo), dout.reshape(n, 2, 2, ho // 2, wo // 2, f))
-            dout = nat
-        dcol = (dout.reshape(-1, f) @ wt.reshape(-1, f).T).reshape(n, ho, wo, kh, kw, c)
-        dxp = np.zeros((n, h + top + bottom, w + left + right, c), dcol.dtype)
-        for a in range(kh):
-            for b in range(kw):
-                dxp[:, a:a + self.sh * (ho - 1) + 1:self.sh, b:b + self.sw * (wo - 1) + 1:self.sw] += \
-                    dcol[:, :, :, a, b]
-        return dxp[:, top:top + h, left:left + w].copy()
+            self.grads["b"] = dout2.sum(axis=0)
+        dcols = dout2 @ w.reshape(-1, c_out).T                              # (N*Ho*Wo, kh*kw*C_in)
+        dcols = dcols.reshape(n, ho, wo, self.kh, self.kw, x_shape[3])
+        return col2im(dcols, x_shape, self.pads, self.sh, self.sw)
 
 
 class MaxPool2d(Layer):
@@ -321,77 +265,43 @@ class MaxPool2d(Layer):
             raise ValueError(f"MaxPool2d input {h}x{w} is smaller than the window {self.kh}x{self.kw}")
         return ho, wo
 
-    @property
-    def is_2x2(self) -> bool:
-        return (self.kh, self.kw, self.sh, self.sw) == (2, 2, 2, 2)
-
     def output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"MaxPool2d expects (H, W, C) per example, got {tuple(input_shape)}")
         h, w, c = input_shape
         return (*self._out_hw(h, w), c)
 
-    def forward(self, x, training, pool_layout_hw: tuple[int, int] | None = None):
-        """`pool_layout_hw=(H, W)` (set by Sequential only): x is a 2x2 pool-layout array
-        (N, 4, H/2 * W/2, C) from a Conv2d, see `nn._conv`."""
-        if pool_layout_hw is not None:
-            h, w = pool_layout_hw
-            n, _, p, c = x.shape
-            out = np.empty((n, p, c), x.dtype)
-            tmp = np.empty_like(out)
-            masks = np.empty((3, n, p, c), np.bool_) if training else None
-            _conv.parallel_rows(lambda lo, hi: _conv.max4(x[lo:hi], out[lo:hi], None if masks is None
-                                                          else masks[:, lo:hi], tmp[lo:hi]), n, x.size)
-            self.cache = ("blocks", masks, x.shape) if training else None
-            return out.reshape(n, h // 2, w // 2, c)
+    def forward(self, x, training):
         n, h, w, c = x.shape
         ho, wo = self._out_hw(h, w)
-        kh, kw, sh, sw = self.kh, self.kw, self.sh, self.sw
+        windows = im2col(x, self.kh, self.kw, self.sh, self.sw)             # (N, Ho, Wo, kh, kw, C)
+        windows = windows.reshape(n, ho, wo, self.kh * self.kw, c)          # (N, Ho, Wo, kh*kw, C)
+        # argmax returns the FIRST maximum of each window; the gradient goes there only.
+        self.cache = (x.shape, windows.argmax(axis=3)) if training else None  # (N, Ho, Wo, C)
+        return windows.max(axis=3)
 
-        def window(a, b, arr):  # the (a, b) element of every window: (N, ho, wo, C)
-            return arr[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
-
-        out = window(0, 0, x).copy()
-        idx = np.zeros(out.shape, np.uint8 if kh * kw <= 256 else np.int32) if training else None
-        for a in range(kh):
-            for b in range(kw):
-                if a == 0 and b == 0:
-                    continue
-                v = window(a, b, x)
-                if training:
-                    np.copyto(idx, a * kw + b, where=v > out)  # strict: the first maximum wins
-                np.maximum(out, v, out=out)
-        self.cache = ("windows", idx, x.shape, window) if training else None
-        return out
-
-    def backward(self, dout, input_grad=True):
-        cache = self._need_cache()
-        if cache[0] == "blocks":
-            _, masks, x_shape = cache
-            n, _, p, c = x_shape
-            dx = np.empty(x_shape, dout.dtype)
-            g = np.ascontiguousarray(dout).reshape(n, p, c)
-            _conv.parallel_rows(lambda lo, hi: _conv.route4(g[lo:hi], masks[:, lo:hi], dx[lo:hi]), n, dx.size)
-            return dx
-        _, idx, x_shape, window = cache
-        dx = np.zeros(x_shape, dout.dtype)
-        for a in range(self.kh):
-            for b in range(self.kw):
-                window(a, b, dx)[...] += dout * (idx == a * self.kw + b)
-        return dx
+    def backward(self, dout):
+        """dout: (N, Ho, Wo, C) -> dx: (N, H, W, C), each gradient at its window's first maximum."""
+        x_shape, first = self._need_cache()
+        xp = array_module(dout)
+        n, ho, wo, c = dout.shape
+        offsets = xp.arange(self.kh * self.kw).reshape(-1, 1)               # (kh*kw, 1)
+        mask = first[:, :, :, None, :] == offsets                           # (N, Ho, Wo, kh*kw, C)
+        dcols = (dout[:, :, :, None, :] * mask).reshape(n, ho, wo, self.kh, self.kw, c)
+        return col2im(dcols, x_shape, (0, 0, 0, 0), self.sh, self.sw)
 
 
 class ReLU(Layer):
     """max(x, 0), any shape; the gradient at 0 is 0."""
 
     def forward(self, x, training):
-        out = np.maximum(x, 0)
+        out = array_module(x).maximum(x, 0)
         self.cache = out if training else None
         return out
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout):
         out = self._need_cache()
-        return np.multiply(dout, out > 0, dtype=dout.dtype)
+        return dout * (out > 0)
 
 
 class Dropout(Layer):
@@ -407,21 +317,23 @@ class Dropout(Layer):
         self._spec = {"p": self.p}
 
     def forward(self, x, training):
-        if not training or self.p == 0:
-            self.cache = None if not training else 1
+        if not training:
+            self.cache = None
             return x
-        if self.p == 1:
-            mask = np.zeros(x.shape, x.dtype)
+        xp = array_module(x)
+        if self.p == 0 or self.p == 1:  # nothing random to draw: the Generator's stream is untouched
+            mask = xp.full(x.shape, 1 - self.p, x.dtype)
         else:
+            # Drawn on the host from the passed-in Generator: the same seed gives the same masks
+            # whatever array module x lives in.
             uniform = self.rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64)
-            keep = uniform >= self.p
-            mask = np.multiply(keep, 1 / (1 - self.p), dtype=x.dtype)
+            keep = xp.asarray(uniform) >= self.p                             # P(keep) = 1 - p
+            mask = keep * x.dtype.type(1 / (1 - self.p))                     # E[mask] = 1
         self.cache = mask
         return x * mask
 
-    def backward(self, dout, input_grad=True):
-        mask = self._need_cache()
-        return dout * mask if isinstance(mask, np.ndarray) else dout
+    def backward(self, dout):
+        return dout * self._need_cache()
 
 
 class Flatten(Layer):
@@ -431,7 +343,7 @@ class Flatten(Layer):
         self.cache = x.shape if training else None
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout, input_grad=True):
+    def backward(self, dout):
         return dout.reshape(self._need_cache())
 
     def output_shape(self, input_shape):
@@ -439,8 +351,12 @@ class Flatten(Layer):
 
 
 class _BatchNorm(Layer):
-    """Batch normalisation over every axis but the last (channels); running statistics as PyTorch:
-    running = (1 - momentum) * running + momentum * batch, the variance unbiased (n / (n - 1))."""
+    """Batch normalisation over every axis but the last (channels).
+
+    Training: y = γ · x̂ + β with x̂ = (x - μ) / √(σ² + ε), μ and σ² the batch's per-channel mean
+    and (biased) variance. Running statistics as PyTorch: running = (1 - momentum) * running +
+    momentum * batch, the variance unbiased (m / (m - 1)); inference normalises with them.
+    """
 
     ndim = None
 
@@ -464,89 +380,53 @@ class _BatchNorm(Layer):
             raise ValueError(f"{type(self).__name__}({c}) got per-example shape {tuple(input_shape)}")
         return tuple(input_shape)
 
-    def forward(self, x, training):
+    def _check_input(self, x, training):
         c = self._spec["num_features"]
         if x.ndim != self.ndim or x.shape[-1] != c:
             raise ValueError(f"{type(self).__name__}({c}) expects {self.ndim}-D input with {c} "
                              f"channels last, got {x.shape}")
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        x2 = x.reshape(-1, c)  # (M, C): channels are the contiguous axis
-        m = x2.shape[0]
-        out = np.empty(x2.shape, np.result_type(x2, gamma))
-        # Every pass below is split over row ranges run on all cores (memory-bound work).
-        rows = functools.partial(_conv.parallel_rows, m=m, size=x2.size)
-        if not training:
-            inv_std = 1 / np.sqrt(self.buffers["running_var"] + self.eps)
-            scale = gamma * inv_std
-            shift = beta - self.buffers["running_mean"] * scale
-
-            def apply(lo, hi):
-                np.multiply(x2[lo:hi], scale, out=out[lo:hi])
-                out[lo:hi] += shift
-
-            rows(apply)
-            self.cache = None
-            return out.reshape(x.shape)
-        if m < 2:
+        if training and x.size // c < 2:
             raise ValueError(f"{type(self).__name__} in training needs more than 1 value per channel")
-        mean = sum(rows(lambda lo, hi: _channel_sum(x2[lo:hi]))) / m
 
-        def centre(lo, hi):  # out = x - mean; returns the partial sum of squares (no cancellation)
-            np.subtract(x2[lo:hi], mean, out=out[lo:hi])
-            return np.einsum("ij,ij->j", out[lo:hi], out[lo:hi])
-
-        var = sum(rows(centre)) / m
-        inv_std = 1 / np.sqrt(var + self.eps)
-        scale = gamma * inv_std
-
-        def apply(lo, hi):
-            out[lo:hi] *= scale
-            out[lo:hi] += beta
-
-        rows(apply)
+    def _update_running(self, mean, var, m: int) -> None:
+        """running = (1 - momentum) * running + momentum * batch, in place (the arrays are live)."""
         mom = self.momentum
         rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
         rm *= 1 - mom
         rm += mom * mean.astype(rm.dtype)
         rv *= 1 - mom
         rv += (mom * m / (m - 1)) * var.astype(rv.dtype)
-        self.cache = (x2, mean, inv_std, x.shape)  # x2 is the previous layer's output: no copy
-        return out.reshape(x.shape)
 
-    def backward(self, dout, input_grad=True):
-        x2, mean, inv_std, shape = self._need_cache()
-        m, c = x2.shape
-        d2 = dout.reshape(m, c)
-        rows = functools.partial(_conv.parallel_rows, m=m, size=x2.size)
-        dx = np.empty(d2.shape, np.result_type(d2, x2))
+    def forward(self, x, training):
+        self._check_input(x, training)
+        xp = array_module(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        x2 = x.reshape(-1, x.shape[-1])                                      # (M, C)
+        if not training:
+            x_hat = (x2 - self.buffers["running_mean"]) / xp.sqrt(self.buffers["running_var"] + self.eps)
+            self.cache = None
+            return (gamma * x_hat + beta).reshape(x.shape)
+        mean = x2.mean(axis=0)                                               # (C,)
+        var = ((x2 - mean) ** 2).mean(axis=0)                                # (C,), biased
+        inv_std = 1 / xp.sqrt(var + self.eps)
+        x_hat = (x2 - mean) * inv_std                                        # (M, C)
+        self._update_running(mean, var, x2.shape[0])
+        self.cache = (x_hat, inv_std)
+        return (gamma * x_hat + beta).reshape(x.shape)
 
-        def sums(lo, hi):  # dx holds x - mean for now
-            np.subtract(x2[lo:hi], mean, out=dx[lo:hi])
-            return _channel_sum(d2[lo:hi]), np.einsum("ij,ij->j", d2[lo:hi], dx[lo:hi])
+    def backward(self, dout):
+        """dout: same shape as x -> dx. With g = dL/dx̂ = γ · dout, per channel over the M rows:
 
-        parts = rows(sums)
-        dbeta = sum(p[0] for p in parts)
-        dgamma = sum(p[1] for p in parts) * inv_std
-        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
-        # dx = gamma/sigma * (dout - mean(dout) - xhat * mean(dout * xhat)), xhat = (x - mean)/sigma
-        k = self.params["gamma"] * inv_std
-        coef = -k * inv_std * dgamma / m
-        shift = -k * dbeta / m
-
-        def apply(lo, hi):
-            t = dx[lo:hi]
-            t *= coef
-            t += shift
-            t += d2[lo:hi] * k
-
-        rows(apply)
-        return dx.reshape(shape)
-
-
-def _channel_sum(a: np.ndarray) -> np.ndarray:
-    """Sum over the rows of (M, C) as one BLAS product: 4x faster than a.sum(axis=0), whose
-    sequential float32 accumulation is also less accurate."""
-    return np.ones(a.shape[0], a.dtype) @ a
+        dx = (1/σ) · (g - mean(g) - x̂ · mean(g · x̂)): the direct path, minus what flows through
+        μ, minus what flows through σ².
+        """
+        x_hat, inv_std = self._need_cache()
+        d2 = dout.reshape(x_hat.shape)                                       # (M, C)
+        self.grads["beta"] = d2.sum(axis=0)
+        self.grads["gamma"] = (d2 * x_hat).sum(axis=0)
+        g = d2 * self.params["gamma"]                                        # dL/dx̂
+        dx = inv_std * (g - g.mean(axis=0) - x_hat * (g * x_hat).mean(axis=0))
+        return dx.reshape(dout.shape)
 
 
 class BatchNorm1d(_BatchNorm):

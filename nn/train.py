@@ -104,7 +104,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             if not math.isfinite(loss):
                 raise DivergedError(f"training diverged: loss became {loss} at epoch {epoch}, "
                                     f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             grads = model.grads()                       # fetched anew: layers may rebind them
             if clip_norm is not None:
                 clip_grad_norm(grads, clip_norm)

@@ -14,7 +14,7 @@ from nn import optim
 from nn.augment import random_shift
 from nn.data.files import load_npz, write_bytes
 from nn.io import normalise, save
-from nn.model import Sequential
+from nn import engine
 from nn.progress import Progress
 from nn.schedules import make_schedule
 from nn.train import DivergedError, fit
@@ -94,7 +94,7 @@ def main(
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
         try:
-            net = Sequential.from_spec(list(p.layers), rng)
+            net = engine.build(list(p.layers), rng)
         except ValueError as e:
             raise ParamsError(f"{model}.layers: {e}") from None
         try:

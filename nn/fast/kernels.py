@@ -1,22 +1,20 @@
-"""Private convolution / pooling kernels on NHWC arrays: im2col views, chunked matmuls, scratch buffers.
+"""The engine's convolution / pooling kernels on NHWC arrays: im2col views, chunked matmuls, scratch buffers.
 
-The layers in `nn.layers` call these; nothing here is public API.
+The layers in `nn.fast.layers` call these. The arithmetic is the reference layers' (`nn.layers`),
+arranged so the large temporaries stay in cache and are never allocated twice.
 
 "Pool layout": when a Conv2d's output goes (through BatchNorm2d / ReLU only) into a 2x2 stride-2
-MaxPool2d, `Sequential` asks the convolution to emit its rows per image in the order
+MaxPool2d, `FastSequential` asks the convolution to emit its rows per image in the order
 (dy, dx, i, j) instead of (h, w) with h = 2i + dy, w = 2j + dx. The array then has shape
 (N, 4, H/2 * W/2, C): each pooling window is the same position in four contiguous blocks, so the
 pool is three `np.maximum` calls. BatchNorm and ReLU work per channel and do not care about the
 order of the other axes. The values are bit-identical to the natural layout, only permuted.
 """
 
-import contextlib
-import ctypes
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from nn.fast.threads import parallel as _parallel
 
 # Output pixels (im2col rows) per chunk of images: small enough for the chunk's buffers to stay
 # in cache, large enough that numpy's per-call overhead does not dominate. Measured best for
@@ -105,6 +103,11 @@ def fill_col(view: np.ndarray, n0: int, m: int, scratch: Scratch, name: str) -> 
 def images_per_chunk(rows_per_image: int, n: int) -> int:
     """How many images of rows_per_image output pixels make a chunk of about CHUNK_ROWS."""
     return max(1, min(n, CHUNK_ROWS // rows_per_image))
+
+
+def parallel(part, n: int, rows_per_image: int, k: int, scratch: Scratch) -> list:
+    """`threads.parallel` over images, each thread getting at least one chunk."""
+    return _parallel(part, n, images_per_chunk(rows_per_image, n), k, scratch)
 
 
 def conv_matmul(xp: np.ndarray, w2d: np.ndarray, kh: int, kw: int, sh: int, sw: int,
@@ -309,129 +312,3 @@ def conv_backward(xp: np.ndarray, dy_chunk, w2d: np.ndarray, w_flip: np.ndarray 
         dw += dw_i
         db += db_i
     return dw, db, dx
-
-
-# ---------------------------------------------------------------- threads
-
-# im2col width (kh*kw*C_in) from which a convolution runs on all cores, one image range per
-# thread, with BLAS switched to one thread meanwhile. numpy releases the GIL in its loops, so the copies,
-# max-pooling and masking run in parallel too; measured 1.5x faster than one thread driving
-# 2-thread BLAS for the 32 -> 64 convolution. Below it (C_in = 1: tiny matmuls, many small
-# calls) threads contend for the GIL and are slower.
-PARALLEL_MIN_K = 64
-
-
-def _find_openblas():
-    """(get_num_threads, set_num_threads) of the OpenBLAS loaded in this process, or None.
-
-    numpy bundles OpenBLAS under prefixed names; other BLAS builds (MKL, Accelerate) give None
-    and convolutions simply run on one thread with threaded BLAS.
-    """
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
-                               ("openblas", "64_"), ("openblas", "")):
-            try:
-                get, set_ = (getattr(lib, f"{prefix}_{name}_num_threads{suffix}") for name in ("get", "set"))
-            except AttributeError:
-                continue
-            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-            return get, set_
-    return None
-
-
-class _Workers:
-    """A lazily started thread pool, one thread per core, and OpenBLAS's thread-count controls."""
-
-    def __init__(self):
-        self.pool = None
-        self.blas = None
-        self.size = 0
-        self.single_blas = 0  # depth of single_threaded_blas() contexts
-        self.pid = os.getpid()
-
-    def get(self):
-        if self.pid != os.getpid():  # a forked child inherits the pool object but not its threads
-            self.__init__()
-        if self.size == 0:
-            self.blas = _find_openblas()
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            self.size = cores if self.blas is not None else 1
-            if self.size > 1:
-                self.pool = ThreadPoolExecutor(self.size, "nn-conv")
-        return self.pool
-
-
-_WORKERS = _Workers()
-
-
-def parallel(part, n: int, rows_per_image: int, k: int, scratch: Scratch) -> list:
-    """Run part(lo, hi, scratch) over contiguous image ranges covering 0..n, one per thread when
-    the work is matmul-heavy (k >= PARALLEL_MIN_K) and there are enough images; results in order.
-
-    The split depends only on n and the core count, so results are reproducible on one machine.
-    """
-    pool = _WORKERS.get() if k >= PARALLEL_MIN_K else None
-    workers = _WORKERS.size if pool is not None else 1
-    if workers > 1 and n >= workers * images_per_chunk(rows_per_image, n):
-        bounds = [n * i // workers for i in range(workers + 1)]
-        with single_threaded_blas():  # the cores are busy with our threads
-            futures = [pool.submit(part, bounds[i], bounds[i + 1], scratch.sub(i)) for i in range(workers)]
-            return [f.result() for f in futures]
-    return [part(0, n, scratch)]
-
-
-# Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
-# pooling, ReLU): those passes are memory-bound and ran 2x faster on two threads.
-PARALLEL_MIN_SIZE = 1 << 16
-
-
-def parallel_rows(part, m: int, size: int) -> list:
-    """Run part(lo, hi) over contiguous row ranges covering 0..m, one per thread when the array
-    (size numbers) is big enough; results in order (reproducible: the split depends on m only)."""
-    pool = _WORKERS.get() if size >= PARALLEL_MIN_SIZE else None
-    workers = _WORKERS.size if pool is not None else 1
-    if workers > 1 and m >= workers:
-        bounds = [m * i // workers for i in range(workers + 1)]
-        with single_threaded_blas():
-            futures = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(workers)]
-            return [f.result() for f in futures]
-    return [part(0, m)]
-
-
-def uses_threads(k: int) -> bool:
-    """Whether a convolution with im2col width k runs on our threads."""
-    return k >= PARALLEL_MIN_K and _WORKERS.get() is not None
-
-
-@contextlib.contextmanager
-def single_threaded_blas():
-    """Hold OpenBLAS at one thread. Sequential wraps whole passes of a model with threaded
-    convolutions in this: OpenBLAS's idle threads spin for a while after each multi-threaded
-    call, and spinning next to our threads made the CNN step 1.5x slower."""
-    if _WORKERS.get() is None:
-        yield
-        return
-    get_threads, set_threads = _WORKERS.blas
-    previous = get_threads()
-    set_threads(1)
-    _WORKERS.single_blas += 1
-    try:
-        yield
-    finally:
-        _WORKERS.single_blas -= 1
-        set_threads(previous)
-
-
-def split_matmuls() -> bool:
-    """Whether a large matmul should be split over our threads: only while BLAS is held at one
-    thread (inside a CNN's pass). Otherwise OpenBLAS's own threads do it better."""
-    return _WORKERS.single_blas > 0

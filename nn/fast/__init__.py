@@ -1,0 +1,16 @@
+"""The CPU speed engine: the reference layers' math, made fast.
+
+`nn.layers` and `nn.model` hold the math a learner reads; this package holds the speed tricks,
+each measured on the 2-core target machine (see benchmarks/README.md):
+  kernels.py  im2col views copied chunk by chunk into reused scratch buffers, the conv matmuls,
+              the flipped-kernel dx, the 2x2 "pool layout" and the fused conv + ReLU + pool;
+  threads.py  one worker thread per core and BLAS held at one thread meanwhile (threadpoolctl);
+  layers.py   the reference layers' subclasses that use them;
+  model.py    FastSequential, which plans fused passes over a model's layers.
+`nn.engine.build(spec, rng, engine="fast")` builds a model on it; tests/test_fast.py holds every
+path to the reference.
+"""
+
+from nn.fast.model import FastSequential
+
+__all__ = ["FastSequential"]

@@ -1,0 +1,100 @@
+"""FastSequential: the reference Sequential's layers, run as the engine plans them."""
+
+import contextlib
+
+from nn.fast import threads
+from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU
+from nn.model import Sequential
+
+
+class FastSequential(Sequential):
+    """A Sequential of the engine's layers (`nn.fast.layers`), with passes planned for speed.
+
+    When a Conv2d feeds a 2x2 stride-2 MaxPool2d through only BatchNorm2d / ReLU layers, the
+    convolution emits its output in pool layout (see `nn.fast.kernels`) so the pool is three
+    `np.maximum` calls, and ReLUs just before the pool run after it (max and ReLU commute, ties
+    included, so on a quarter of the data); Conv2d [ReLU] MaxPool2d(2) runs fused, a few images
+    at a time (`Conv2d.forward_pool`). Outputs equal the unplanned layers' (up to BatchNorm's
+    summation order), and `pool_layout = False` turns all this off. A model with threaded
+    convolutions holds BLAS at one thread for the whole pass. In training the backward pass stops
+    at the first layer with parameters and skips its dx (a third of an MLP's backward).
+    """
+
+    LAYERS = LAYERS
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self.pool_layout = True
+        self._trace: list[int] = []
+        self._pool_pairs = {}  # conv index -> pool index
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Conv2d):
+                j = i + 1
+                while j < len(self.layers) and isinstance(self.layers[j], (BatchNorm2d, ReLU)):
+                    j += 1
+                if j < len(self.layers) and isinstance(self.layers[j], MaxPool2d) and self.layers[j].is_2x2:
+                    self._pool_pairs[i] = j
+
+    def _blas_mode(self):
+        """One-threaded BLAS for the whole pass if a convolution runs on our own threads."""
+        threaded = any(isinstance(layer, Conv2d) and threads.uses_threads(layer.params["W"][..., 0].size)
+                       for layer in self.layers)
+        return threads.single_threaded_blas() if threaded else contextlib.nullcontext()
+
+    def forward(self, x, training):
+        with self._blas_mode():
+            try:
+                return self._forward(x, training)
+            except ValueError as e:
+                i = self._trace[-1] + 1 if self._trace else 0
+                raise ValueError(f"layer {i} ({type(self.layers[i]).__name__}): {e}") from None
+
+    def backward(self, dout, input_grad=True):
+        with self._blas_mode():
+            return self._backward(dout, input_grad)
+
+    def _forward(self, x, training):
+        self._trace = []  # layer indices in the order they ran; backward replays it reversed
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            if (self.pool_layout and i in self._pool_pairs and x.ndim == 4
+                    and layer.can_pool(x.shape[1:])):
+                j = self._pool_pairs[i]
+                between = list(range(i + 1, j))
+                n_relu = 0  # trailing ReLUs commute with max pooling: run them on 1/4 of the data
+                while n_relu < len(between) and isinstance(self.layers[between[-1 - n_relu]], ReLU):
+                    n_relu += 1
+                others, relus = between[:len(between) - n_relu], between[len(between) - n_relu:]
+                if not others and n_relu <= 1:  # Conv2d [ReLU] MaxPool2d(2) as one chunked pass
+                    x = layer.forward_pool(x, training, relu=bool(relus))
+                    self._trace.append(i)
+                    i = j + 1
+                    continue
+                ho, wo = layer.output_shape(x.shape[1:])[:2]
+                x = layer.forward(x, training, pool_layout=True)
+                for k in others:
+                    x = self.layers[k].forward(x, training)
+                x = self.layers[j].forward(x, training, pool_layout_hw=(ho, wo))
+                for k in relus:
+                    x = self.layers[k].forward(x, training)
+                self._trace += [i, *others, j, *relus]
+                i = j + 1
+                continue
+            x = layer.forward(x, training)
+            self._trace.append(i)
+            i += 1
+        return x
+
+    def _backward(self, dout, input_grad):
+        # Layers before the first one with parameters need no backward unless dx is wanted.
+        first = 0 if input_grad else next((i for i, m in enumerate(self.layers) if m.params), 0)
+        for i in reversed(self._trace):
+            if i < first:
+                break
+            layer = self.layers[i]
+            if isinstance(layer, (Linear, Conv2d)):
+                dout = layer.backward(dout, input_grad=input_grad or i > first)
+            else:
+                dout = layer.backward(dout)
+        return dout if input_grad else None

@@ -1,0 +1,113 @@
+"""Threads for the engine: one worker per core, and BLAS held at one thread while they run.
+
+numpy releases the GIL inside its loops and BLAS calls, so plain Python threads run im2col
+copies, matrix products and elementwise passes on all cores at once. Every split below depends
+only on the array sizes and the core count, so results are reproducible on one machine.
+"""
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import ThreadpoolController
+
+# im2col width (kh*kw*C_in) from which a convolution runs on all cores, one image range per
+# thread, with BLAS switched to one thread meanwhile. Measured 1.5x faster than one thread
+# driving 2-thread BLAS for the 32 -> 64 convolution. Below it (C_in = 1: tiny matmuls, many
+# small calls) threads contend for the GIL and are slower.
+PARALLEL_MIN_K = 64
+
+# Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
+# pooling): those passes are memory-bound and ran 2x faster on two threads.
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+class _Workers:
+    """A lazily started thread pool, one thread per core, and the BLAS libraries' thread controls
+    (found by threadpoolctl among the libraries this process has loaded)."""
+
+    def __init__(self):
+        self.pool = None
+        self.blas = []
+        self.size = 0
+        self.single_blas = 0  # depth of single_threaded_blas() contexts
+        self.pid = os.getpid()
+
+    def get(self):
+        if self.pid != os.getpid():  # a forked child inherits the pool object but not its threads
+            self.__init__()
+        if self.size == 0:
+            # Only OpenBLAS: other BLAS builds have their own threading rules, and there the
+            # convolutions simply run on one thread with threaded BLAS.
+            self.blas = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+                         if lib.internal_api == "openblas"]
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            self.size = cores if self.blas else 1
+            if self.size > 1:
+                self.pool = ThreadPoolExecutor(self.size, "nn-fast")
+        return self.pool
+
+
+_WORKERS = _Workers()
+
+
+def parallel(part, n: int, min_per_worker: int, k: int, scratch) -> list:
+    """Run part(lo, hi, scratch) over contiguous image ranges covering 0..n, one per thread when
+    the work is matmul-heavy (k >= PARALLEL_MIN_K) and each thread gets at least min_per_worker
+    images; results in order. Each thread gets its own `scratch.sub(i)`."""
+    pool = _WORKERS.get() if k >= PARALLEL_MIN_K else None
+    workers = _WORKERS.size if pool is not None else 1
+    if workers > 1 and n >= workers * min_per_worker:
+        bounds = [n * i // workers for i in range(workers + 1)]
+        with single_threaded_blas():  # the cores are busy with our threads
+            futures = [pool.submit(part, bounds[i], bounds[i + 1], scratch.sub(i)) for i in range(workers)]
+            return [f.result() for f in futures]
+    return [part(0, n, scratch)]
+
+
+def parallel_rows(part, m: int, size: int) -> list:
+    """Run part(lo, hi) over contiguous row ranges covering 0..m, one per thread when the array
+    (size numbers) is big enough; results in order."""
+    pool = _WORKERS.get() if size >= PARALLEL_MIN_SIZE else None
+    workers = _WORKERS.size if pool is not None else 1
+    if workers > 1 and m >= workers:
+        bounds = [m * i // workers for i in range(workers + 1)]
+        with single_threaded_blas():
+            futures = [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(workers)]
+            return [f.result() for f in futures]
+    return [part(0, m)]
+
+
+def uses_threads(k: int) -> bool:
+    """Whether a convolution with im2col width k runs on our threads."""
+    return k >= PARALLEL_MIN_K and _WORKERS.get() is not None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Hold BLAS at one thread. FastSequential wraps whole passes of a model with threaded
+    convolutions in this: OpenBLAS's idle threads spin for a while after each multi-threaded
+    call, and spinning next to our threads made the CNN step 1.5x slower.
+
+    The library's own set/get calls (through threadpoolctl's controllers) cost about 2 us,
+    where `threadpool_limits` rescans the loaded libraries (25 us): this runs per layer call.
+    """
+    if _WORKERS.get() is None:
+        yield
+        return
+    previous = [lib.get_num_threads() for lib in _WORKERS.blas]
+    for lib in _WORKERS.blas:
+        lib.set_num_threads(1)
+    _WORKERS.single_blas += 1
+    try:
+        yield
+    finally:
+        _WORKERS.single_blas -= 1
+        for lib, n in zip(_WORKERS.blas, previous):
+            lib.set_num_threads(n)
+
+
+def split_matmuls() -> bool:
+    """Whether a large matmul should be split over our threads: only while BLAS is held at one
+    thread (inside a CNN's pass). Otherwise OpenBLAS's own threads do it better."""
+    return _WORKERS.single_blas > 0
