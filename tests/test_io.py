@@ -6,7 +6,7 @@ import pytest
 import nn.io
 from nn.io import ModelFileError, load, save
 
-Sequential = pytest.importorskip("nn.model").Sequential
+from nn.engine import build
 
 SPEC = [{"type": "Flatten"}, {"type": "Linear", "in_features": 12, "out_features": 8},
         {"type": "ReLU"}, {"type": "Dropout", "p": 0.5},
@@ -17,7 +17,7 @@ NORM = {"mean": 0.1307, "std": 0.3081}
 
 @pytest.fixture
 def model():
-    return Sequential.from_spec(SPEC, np.random.default_rng(0))
+    return build(SPEC, np.random.default_rng(0))
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_cnn_with_batchnorm_round_trips_weights_and_running_statistics(tmp_path)
             {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
             {"type": "Linear", "in_features": 4 * 3 * 5, "out_features": 7}]
     rng = np.random.default_rng(2)
-    net = Sequential.from_spec(spec, rng)
+    net = build(spec, rng)
     x = rng.normal(size=(6, 6, 10, 1)).astype(np.float32)
     net.forward(x, training=True)                        # moves BatchNorm's running statistics
     save(tmp_path / "cnn.npz", net, normalization=NORM, input_shape=(6, 10, 1))

@@ -1,10 +1,11 @@
-"""Sequential: building from a spec, named live parameters, state dicts, prediction, summary."""
+"""Sequential on both engines: building from a spec, named live parameters, state dicts,
+prediction, summary, the whole-model gradient check."""
 
 import numpy as np
 import pytest
-from test_layers import force_threads
 
 from nn.gradcheck import check_gradients
+from nn.engine import ENGINES, build
 from nn.model import Sequential
 
 CNN_SPEC = [
@@ -24,16 +25,21 @@ CNN_SPEC = [
 ]
 
 
-def make(seed=0, spec=CNN_SPEC):
-    return Sequential.from_spec(spec, np.random.default_rng(seed))
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+def make(engine, seed=0, spec=CNN_SPEC):
+    return build(spec, np.random.default_rng(seed), engine)
 
 
 def images(n, seed=1):
     return np.random.default_rng(seed).uniform(0, 1, (n, 8, 16, 1)).astype(np.float32)
 
 
-def test_from_spec_builds_and_round_trips():
-    model = make()
+def test_from_spec_builds_and_round_trips(engine):
+    model = make(engine)
     assert [type(layer).__name__ for layer in model.layers] == [d["type"] for d in CNN_SPEC]
     again = Sequential.from_spec(model.spec, np.random.default_rng(0))
     assert again.spec == model.spec
@@ -58,8 +64,8 @@ def test_from_spec_errors_name_index_and_key(entry, match):
         Sequential.from_spec([{"type": "Flatten"}, entry], np.random.default_rng(0))
 
 
-def test_params_grads_buffers_are_live_and_dotted():
-    model = make()
+def test_params_grads_buffers_are_live_and_dotted(engine):
+    model = make(engine)
     params = model.params()
     assert list(params) == ["0.W", "0.b", "1.gamma", "1.beta", "4.W", "4.b", "8.W", "8.b",
                             "11.gamma", "11.beta", "12.W", "12.b"]
@@ -75,8 +81,8 @@ def test_params_grads_buffers_are_live_and_dotted():
     assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
 
 
-def test_state_dict_round_trip_and_strictness():
-    model, other = make(0), make(1)
+def test_state_dict_round_trip_and_strictness(engine):
+    model, other = make(engine, 0), make(engine, 1)
     x = images(7)
     model.forward(x, training=True)  # moves the running statistics
     state = model.state_dict()
@@ -97,8 +103,8 @@ def test_state_dict_round_trip_and_strictness():
         other.load_state_dict({**state, "8.W": np.zeros((48, 9), np.float32)})
 
 
-def test_predict_proba_batches_and_inference_mode():
-    model = make()
+def test_predict_proba_batches_and_inference_mode(engine):
+    model = make(engine)
     x = images(23)
     model.forward(x, training=True)  # non-trivial running statistics
     p = model.predict_proba(x, batch_size=5)
@@ -109,8 +115,8 @@ def test_predict_proba_batches_and_inference_mode():
     np.testing.assert_array_equal(p, model.predict_proba(x, batch_size=5))  # no dropout, no state change
 
 
-def test_num_params_and_summary():
-    model = make()
+def test_num_params_and_summary(engine):
+    model = make(engine)
     expected = (9 * 4 + 4) + 8 + (36 * 6 + 6) + (48 * 8 + 8) + 16 + (8 * 5 + 5)
     assert model.num_params() == expected
     text = model.summary((8, 16, 1))
@@ -122,34 +128,29 @@ def test_num_params_and_summary():
         model.summary((12, 16, 1))
 
 
-def test_mlp_from_spec_on_images():
+def test_mlp_from_spec_on_images(engine):
     spec = [{"type": "Flatten"}, {"type": "Linear", "in_features": 12, "out_features": 6},
             {"type": "ReLU"}, {"type": "Linear", "in_features": 6, "out_features": 3}]
-    model = make(spec=spec)
+    model = make(engine, spec=spec)
     x = np.random.default_rng(0).uniform(size=(4, 3, 4, 1)).astype(np.float32)
     assert model.forward(x, training=True).shape == (4, 3)
-    assert model.backward(np.ones((4, 3), np.float32)) is None  # no input gradient unless asked
-    assert model.backward(np.ones((4, 3), np.float32), input_grad=True).shape == x.shape
+    assert model.backward(np.ones((4, 3), np.float32), input_grad=False) is None  # dx not wanted
+    assert model.backward(np.ones((4, 3), np.float32)).shape == x.shape
 
 
-@pytest.mark.parametrize("threads", [False, True])
-def test_model_gradient_check_float64(threads, monkeypatch):
-    """The whole CNN spec, fused conv+ReLU+pool and pool-layout BatchNorm included, in float64;
-    also with every convolution, matmul and BatchNorm pass split over threads."""
-    if threads:
-        force_threads(monkeypatch)
-    model = make(3)
+def test_model_gradient_check_float64():
+    """The whole CNN spec on the reference layers, in float64 (the fast engine's own whole-model
+    check against these is in test_fast.py)."""
+    model = make("reference", 3)
     for layer in model.layers:
         for store in (layer.params, layer.buffers):
             for k in store:
                 store[k] = store[k].astype(np.float64)
-    model.layers[0].params["b"][:] = 0  # conv bias before BatchNorm: zero gradient, skip
-    del model.layers[0].params["b"]
+    del model.layers[0].params["b"]  # conv bias before BatchNorm: zero gradient, skip
     x = np.random.default_rng(4).standard_normal((4, 8, 16, 1))
 
     def reseed():
         model.layers[10].rng = np.random.default_rng(9)
 
     errors = check_gradients(model, x, before_forward=reseed)
-    assert model._fused == {4: 7}
     assert max(errors.values()) < 1e-6, errors
