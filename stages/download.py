@@ -10,8 +10,8 @@ from typing import Literal
 
 import typer
 
-from nn.data.idx import IdxError
-from nn.data.mnist import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
+from nn.mnist.idx import IdxError
+from nn.mnist.sources import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
 from stages.common import fatal_errors, load_params, range_
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from nn.data.files import load_npz, write_bytes
-from nn.io import ModelFileError, load, normalise
+from nn.files import load_npz, write_bytes
+from nn.mnist.modelfile import ModelFileError, load, normalize
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
-from nn.pictures import confusion_heatmap, error_gallery, png_bytes
+from nn.mnist.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
 
 ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
@@ -21,7 +21,7 @@ ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
 def evaluate(model, info, images: np.ndarray, labels: np.ndarray, train_seconds: float
              ) -> dict:
     """Everything the reports need about one model on one labelled split."""
-    x = normalise(images, info.normalization)
+    x = normalize(images, info.normalization)
     proba = model.predict_proba(x)
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
@@ -82,7 +82,7 @@ def main(
                                     classes[r["predicted"][worst]],
                                     r["proba"][worst, r["predicted"][worst]])
         else:  # a perfect model still gets a picture, saying so
-            from nn.pictures import labelled_grid
+            from nn.mnist.pictures import labelled_grid
             gallery = labelled_grid(images[:1] * 0, ["no mistakes"], columns=1, scale=3)
         write_bytes(out / "errors.png", png_bytes(gallery))
         m = r["metrics"]

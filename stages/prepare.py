@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from nn.data.files import save_npz
-from nn.data.idx import IdxError
-from nn.data.mnist import load_split
-from nn.data.split import stratified_split
+from nn.files import save_npz
+from nn.mnist.idx import IdxError
+from nn.mnist.sources import load_split
+from nn.mnist.split import stratified_split
 from stages.common import fatal_errors, load_params, range_
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from nn.data.files import load_npz, write_bytes
+from nn.files import load_npz, write_bytes
 from stages.common import fatal_errors, read_yaml
 
 HARDEST = 5  # classes listed per model

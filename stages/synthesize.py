@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from nn.data.files import load_npz, save_npz, write_bytes
-from nn.data.mnist100 import synthesize
-from nn.pictures import labelled_grid, png_bytes
+from nn.files import load_npz, save_npz, write_bytes
+from nn.mnist.mnist100 import synthesize
+from nn.mnist.pictures import labelled_grid, png_bytes
 from stages.common import fatal_errors, load_params, range_
 
 SPLITS = ("train", "dev", "test")

@@ -10,11 +10,10 @@ from typing import Literal
 import numpy as np
 import typer
 
-from nn import optim
+from nn import engine, optim
 from nn.augment import random_shift
-from nn.data.files import load_npz, write_bytes
-from nn.io import normalise, save
-from nn.model import Sequential
+from nn.files import load_npz, write_bytes
+from nn.mnist.modelfile import normalize, save
 from nn.progress import Progress
 from nn.schedules import make_schedule
 from nn.train import DivergedError, fit
@@ -94,7 +93,7 @@ def main(
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
         try:
-            net = Sequential.from_spec(list(p.layers), rng)
+            net = engine.build(list(p.layers), rng)
         except ValueError as e:
             raise ParamsError(f"{model}.layers: {e}") from None
         try:
@@ -104,7 +103,7 @@ def main(
             raise ParamsError(f"{model}.schedule: {e}") from None
         opt = make_optimizer(p.optimizer)
 
-        # Normalisation from the training images; it travels with the model file.
+        # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
                          "std": float(x_train.std(dtype=np.float64) / 255)}
         input_shape = (*x_train.shape[1:], 1)
@@ -113,7 +112,7 @@ def main(
             raise ParamsError(f"{model}.layers: {num_classes} outputs, but labels go up to "
                               f"{max(y_train.max(), y_dev.max())}")
         classes = [f"{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)]
-        x_train, x_dev = normalise(x_train, normalization), normalise(x_dev, normalization)
+        x_train, x_dev = normalize(x_train, normalization), normalize(x_dev, normalization)
         print(f"{stage}: {len(y_train):,} train / {len(y_dev):,} dev images {input_shape}, "
               f"{num_classes} classes, {net.num_params():,} parameters")
         print(net.summary(input_shape))

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from nn.data.files import save_npz
-from nn.io import load
+from nn.files import save_npz
+from nn.mnist.modelfile import load
 from stages import evaluate, report, train
 
 CNN = [

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nn.data.idx import IdxError, idx_bytes, parse_idx, read_idx
-from nn.data.files import write_bytes
+from nn.mnist.idx import IdxError, idx_bytes, parse_idx, read_idx
+from nn.files import write_bytes
 from nn.progress import Progress
 
 # The four uncompressed MNIST files; their canonical MD5s are listed in params.yaml.

@@ -94,13 +94,13 @@ def predict(
     """
     import numpy as np
 
-    from nn import io as nn_io
-    from nn.preprocess import ImageError, preprocess
+    from nn.mnist import modelfile
+    from nn.mnist.preprocess import ImageError, preprocess
 
     try:
-        net, info = nn_io.load(model)
-    except nn_io.ModelFileError as e:
-        message = str(e)  # nn.io's messages start with the path; make sure of it
+        net, info = modelfile.load(model)
+    except modelfile.ModelFileError as e:
+        message = str(e)  # the messages start with the path; make sure of it
         _fail(message if message.startswith(str(model)) else f"{model}: {message}")
         raise typer.Exit(EXIT_MODEL) from None
     shape = tuple(info.input_shape)
@@ -124,7 +124,7 @@ def predict(
 
     good = [r for r in results if "input" in r]
     if good:
-        x = nn_io.normalise(np.stack([r["input"] for r in good]), info.normalization)
+        x = modelfile.normalize(np.stack([r["input"] for r in good]), info.normalization)
         proba = net.predict_proba(x, batch_size=BATCH_SIZE)  # (N, classes)
         classes = info.classes or [str(i) for i in range(proba.shape[1])]
         k = min(top_k, len(classes))
