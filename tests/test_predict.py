@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import typing
 import zlib
 from pathlib import Path
 
@@ -87,6 +88,26 @@ def test_text_output_one_line_per_image(tmp_path, models):
         top = [(lab, float(p)) for lab, p in (item.split() for item in m["top"].split(", "))]
         assert len(top) == 4 and top[0][0] == m["label"] and top[0][1] == float(m["p"])
         assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+
+
+def test_both_engines_give_the_same_answer(tmp_path, models):
+    a = draw(tmp_path / "a.png")
+    fast = run(a, "--model", models[28], "--json", "--engine", "fast")
+    reference = run(a, "--model", models[28], "--json", "--engine", "reference")
+    assert fast.exit_code == reference.exit_code == 0, fast.output + reference.output
+    top = [json.loads(r.stdout)[0]["top_k"] for r in (fast, reference)]
+    assert [t["label"] for t in top[0]] == [t["label"] for t in top[1]]
+    for f, r in zip(*top):
+        assert f["probability"] == pytest.approx(r["probability"], abs=2e-6)
+
+
+def test_the_engine_choices_are_nn_engines():
+    # nn/mnist/cli.py spells them out to keep `nn --help` free of NumPy; they must not drift
+    from nn.engine import ENGINES
+    from nn.mnist.cli import predict
+
+    engine = typing.get_type_hints(predict, include_extras=True)["engine"]
+    assert typing.get_args(typing.get_args(engine)[0]) == ENGINES
 
 
 def test_json_is_a_list_in_argument_order_with_errors_in_place(tmp_path, models):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -83,6 +83,9 @@ def predict(
     show_input: Annotated[
         Path | None, typer.Option("--show-input", help=SHOW_INPUT_HELP, show_default=False)
     ] = None,
+    engine: Annotated[
+        Literal["fast", "reference"], typer.Option(help="Which implementation runs the model.")
+    ] = "fast",
 ) -> None:
     """Predict the digit (MLP, 28x28) or two-digit number (CNN, 28x56) in each image.
 
@@ -98,7 +101,7 @@ def predict(
     from nn.mnist.preprocess import ImageError, preprocess
 
     try:
-        net, info = modelfile.load(model)
+        net, info = modelfile.load(model, engine=engine)
     except modelfile.ModelFileError as e:
         message = str(e)  # the messages start with the path; make sure of it
         _fail(message if message.startswith(str(model)) else f"{model}: {message}")
