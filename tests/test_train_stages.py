@@ -252,3 +252,16 @@ def test_tracked_outputs_hold_no_wall_clock_time(evaluated, data, tmp_path):
     assert pages[0].read_bytes() == pages[1].read_bytes()
     results = pages[0].read_text().split("## Params")[0]  # the params part may say "warmup"
     assert "| mlp | mnist |" in results and not TIMING.search(results)
+
+
+@pytest.mark.parametrize("models, message", [
+    ([], "expected --<model> <dataset> pairs, got none"),
+    (["--mlp"], "expected --<model> <dataset> pairs, got --mlp"),
+    (["mlp", "mnist"], "expected --<model> <dataset>, got mlp mnist"),
+])
+def test_report_needs_model_dataset_pairs(tmp_path, data, models, message):
+    page = tmp_path / "README.md"
+    result = CliRunner().invoke(report.app, ["--data", str(data), "--reports", str(tmp_path),
+                                             "--out", str(page), *models])
+    assert result.exit_code == 1
+    assert f"report: error: {message}" in result.output and not page.exists()
