@@ -11,9 +11,9 @@ import typer
 
 from nn.engine import ENGINES
 from nn.files import load_npz, write_bytes
-from nn.mnist.modelfile import ModelFileError, load, normalize
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
+from nn.mnist.modelfile import ModelFileError, load, normalize
 from nn.mnist.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
 
