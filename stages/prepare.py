@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import Field
 
-from nn.data.files import save_npz
-from nn.data.idx import IdxError
-from nn.data.mnist import load_split
-from nn.data.split import stratified_split
-from stages.common import fatal_errors, load_params, range_
+from nn.files import save_npz
+from nn.mnist.idx import IdxError
+from nn.mnist.sources import load_split
+from nn.mnist.split import stratified_split
+from stages.common import Int, Params, fatal_errors, load_params
 
 
-@dataclass(frozen=True)
-class PrepareParams:
-    dev_size: int = range_(1)
-    seed: int = range_(0)
+class PrepareParams(Params):
+    dev_size: Annotated[Int, Field(ge=1)]
+    seed: Annotated[Int, Field(ge=0)]
+
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
 def main(
-    raw: Path = typer.Option(..., help="Folder with the four MNIST IDX files."),
-    out: Path = typer.Option(..., help="Folder for train.npz, dev.npz, test.npz."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    raw: Annotated[Path, typer.Option(help="Folder with the four MNIST IDX files.")],
+    out: Annotated[Path, typer.Option(help="Folder for train.npz, dev.npz, test.npz.")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     with fatal_errors("prepare", IdxError, OSError, ValueError):
         p = load_params(PrepareParams, "prepare", params)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from nn.data.files import load_npz, write_bytes
+from nn.files import load_npz, write_bytes
 from stages.common import fatal_errors, read_yaml
 
 HARDEST = 5  # classes listed per model
@@ -33,13 +35,12 @@ def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, 
              "Produced by `dvc repro` (stage `report`); each model is evaluated on its held-out "
              "test split.", "",
              "| model | dataset | test accuracy | test loss | macro-F1 | test samples "
-             "| parameters | training time |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| parameters |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         x = m["metrics"]
         lines.append(f"| {name} | {m['dataset']} | {x['accuracy']:.2%} | {x['loss']:.4f} "
-                     f"| {x['macro_f1']:.4f} | {x['samples']:,} | {x['params']:,} "
-                     f"| {x['train_seconds']:.0f} s |")
+                     f"| {x['macro_f1']:.4f} | {x['samples']:,} | {x['params']:,} |")
     lines += ["", "## Hardest classes", "",
               f"The {HARDEST} classes with the lowest F1 on the test split.", ""]
     for name, m in models.items():
@@ -74,27 +75,40 @@ def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, 
     return "\n".join(lines)
 
 
+def parse_models(args: list[str]) -> dict[str, str]:
+    """`--mlp mnist --cnn mnist100` (dvc.yaml's `${models}` unpacked) -> {"mlp": "mnist", ...}."""
+    if len(args) % 2 or not args:
+        raise ValueError(f"expected --<model> <dataset> pairs, got {' '.join(args) or 'none'}")
+    models = {}
+    for flag, dataset in zip(args[::2], args[1::2]):
+        name = flag.removeprefix("--")
+        if not flag.startswith("--") or not re.fullmatch(r"\w+", name) or dataset.startswith("-"):
+            raise ValueError(f"expected --<model> <dataset>, got {flag} {dataset}")
+        models[name] = dataset
+    return models
+
+
 app = typer.Typer(add_completion=False)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def main(
-    model: list[str] = typer.Option(..., help="name=dataset folder, e.g. mlp=data/mnist; repeat."),
-    reports: Path = typer.Option(..., help="Folder holding <model>/metrics.json and per_class.csv."),
-    out: Path = typer.Option(..., help="The Markdown page to write."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="Folder holding the <dataset>/ folders.")],
+    reports: Annotated[Path, typer.Option(
+        help="Folder holding <model>/metrics.json and per_class.csv.")],
+    out: Annotated[Path, typer.Option(help="The Markdown page to write.")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
+    """Write the results page for the models given as `--<model> <dataset>` pairs, e.g.
+    `--mlp mnist --cnn mnist100` (dvc.yaml passes its `models` map)."""
     import pandas as pd
 
     with fatal_errors("report", OSError, ValueError, KeyError):
         p = read_yaml(params)
         models, datasets = {}, {}
-        for item in model:
-            name, _, folder = item.partition("=")
-            if not folder:
-                raise ValueError(f"--model {item!r}: expected name=dataset-folder")
-            dataset = Path(folder).name
-            datasets.setdefault(dataset, dataset_sizes(Path(folder)))
+        for name, dataset in parse_models(ctx.args).items():
+            datasets.setdefault(dataset, dataset_sizes(data / dataset))
             models[name] = {
                 "dataset": dataset,
                 "metrics": json.loads((reports / name / "metrics.json").read_text()),

@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
+from pydantic import Field
 
-from nn.data.files import load_npz, save_npz, write_bytes
-from nn.data.mnist100 import synthesize
-from nn.pictures import labelled_grid, png_bytes
-from stages.common import fatal_errors, load_params, range_
+from nn.files import load_npz, save_npz, write_bytes
+from nn.mnist.mnist100 import synthesize
+from nn.mnist.pictures import labelled_grid, png_bytes
+from stages.common import Int, Params, fatal_errors, load_params
 
 SPLITS = ("train", "dev", "test")
 
 
-@dataclass(frozen=True)
-class Mnist100Params:
-    train_size: int = range_(1)
-    dev_size: int = range_(1)
-    test_size: int = range_(1)
-    seed: int = range_(0)
-    sample_grid: int = range_(1, 40)
+class Mnist100Params(Params):
+    train_size: Annotated[Int, Field(ge=1)]
+    dev_size: Annotated[Int, Field(ge=1)]
+    test_size: Annotated[Int, Field(ge=1)]
+    seed: Annotated[Int, Field(ge=0)]
+    sample_grid: Annotated[Int, Field(ge=1, le=40)]
+
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
 def main(
-    mnist: Path = typer.Option(..., help="Folder with the MNIST train/dev/test .npz splits."),
-    out: Path = typer.Option(..., help="Folder for the MNIST-100 train/dev/test .npz splits."),
-    samples: Path = typer.Option(..., help="PNG grid of example pairs."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    mnist: Annotated[Path, typer.Option(help="Folder with the MNIST train/dev/test .npz splits.")],
+    out: Annotated[Path, typer.Option(help="Folder for the MNIST-100 train/dev/test .npz splits.")],
+    samples: Annotated[Path, typer.Option(help="PNG grid of example pairs.")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     with fatal_errors("synthesize", OSError, ValueError):
         p = load_params(Mnist100Params, "mnist100", params)

@@ -2,57 +2,59 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
+from pydantic import AfterValidator, Field
+from tqdm import tqdm
 
-from nn import optim
+from nn import engine, optim
 from nn.augment import random_shift
-from nn.data.files import load_npz, write_bytes
-from nn.io import normalise, save
-from nn import engine
-from nn.progress import Progress
+from nn.engine import ENGINES
+from nn.files import load_npz, write_bytes
+from nn.mnist.modelfile import normalize, save
 from nn.schedules import make_schedule
 from nn.train import DivergedError, fit
-from stages.common import ParamsError, fatal_errors, load_params, range_
+from stages.common import (Bool, Float, Int, Params, ParamsError, Str, fatal_errors, finite,
+                           load_params, param_error)
 
 
-@dataclass(frozen=True)
-class OptimizerParams:
+class OptimizerParams(Params):
     name: Literal["sgd", "adam", "adamw"]
-    lr: float = range_(0, lo_open=True)
-    weight_decay: float = range_(0, default=0.0)      # L2 (sgd, adam) or decoupled (adamw)
-    momentum: float = range_(0, 1, hi_open=True, default=0.9)  # sgd only
-    nesterov: bool = False                            # sgd only
+    lr: Annotated[Float, Field(gt=0)]
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0      # L2 (sgd, adam) or decoupled (adamw)
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9     # sgd only
+    nesterov: Bool = False                                  # sgd only
 
 
-@dataclass(frozen=True)
-class ScheduleParams:
+class ScheduleParams(Params):
     name: Literal["constant", "step", "cosine", "onecycle", "plateau"]
-    args: dict = field(default_factory=dict)         # see nn.schedules.make_schedule
+    args: Annotated[dict[Str, Any], AfterValidator(finite)] = {}  # nn.schedules.make_schedule
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    seed: int = range_(0)
-    epochs: int = range_(1)
-    batch_size: int = range_(1)
+def _check_layer(layer: dict) -> dict:
+    if layer.get("type") == "Dropout" and not 0 <= layer.get("p", 0.5) < 1:
+        raise param_error("p", f"{layer['p']!r} must be in [0, 1)")
+    return layer
+
+
+class TrainParams(Params):
+    seed: Annotated[Int, Field(ge=0)]
+    epochs: Annotated[Int, Field(ge=1)]
+    batch_size: Annotated[Int, Field(ge=1)]
     optimizer: OptimizerParams
     schedule: ScheduleParams
-    layers: tuple[dict, ...]                          # nn.model.Sequential.from_spec
-    label_smoothing: float = range_(0, 1, hi_open=True, default=0.0)
-    max_shift: int = range_(0, 8, default=0)          # augmentation: random shifts, in pixels
-    clip_norm: float | None = range_(0, lo_open=True, default=None)
-    early_stopping_patience: int | None = range_(1, default=None)
-
-    def validate(self) -> None:
-        for i, layer in enumerate(self.layers):
-            if layer.get("type") == "Dropout" and not 0 <= layer.get("p", 0.5) < 1:
-                raise ValueError(f"layers[{i}].p: {layer['p']!r} must be in [0, 1)")
+    # the architecture as nn.model.Sequential.from_spec reads it, one dict per layer
+    layers: tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...]
+    engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
+    clip_norm: Annotated[Float | None, Field(gt=0)] = None
+    early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
 
 
 def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
@@ -71,7 +73,8 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def history_csv(history: list[dict]) -> bytes:
     import pandas as pd
 
-    columns = ["epoch", "loss", "train_acc", "dev_acc", "lr", "seconds"]
+    # No wall-clock time here: the file is tracked, so it must be the same on every run.
+    columns = ["epoch", "loss", "train_acc", "dev_acc", "lr"]
     return pd.DataFrame(history)[columns].to_csv(index=False, float_format="%.6g").encode()
 
 
@@ -80,11 +83,11 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    model: str = typer.Option(..., help="Model name: the params.yaml section to train with."),
-    data: Path = typer.Option(..., help="Folder with train.npz and dev.npz."),
-    out: Path = typer.Option(..., help="Where to write the trained model (.npz)."),
-    history: Path = typer.Option(..., help="Where to write the per-epoch history (.csv)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Params file."),
+    model: Annotated[str, typer.Option(help="Model name: the params.yaml section to train with.")],
+    data: Annotated[Path, typer.Option(help="Folder with train.npz and dev.npz.")],
+    out: Annotated[Path, typer.Option(help="Where to write the trained model (.npz).")],
+    history: Annotated[Path, typer.Option(help="Where to write the per-epoch history (.csv).")],
+    params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
     with fatal_errors(stage, DivergedError, OSError, ValueError):
@@ -94,7 +97,7 @@ def main(
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
         try:
-            net = engine.build(list(p.layers), rng)
+            net = engine.build(list(p.layers), rng, engine=p.engine)
         except ValueError as e:
             raise ParamsError(f"{model}.layers: {e}") from None
         try:
@@ -104,7 +107,7 @@ def main(
             raise ParamsError(f"{model}.schedule: {e}") from None
         opt = make_optimizer(p.optimizer)
 
-        # Normalisation from the training images; it travels with the model file.
+        # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
                          "std": float(x_train.std(dtype=np.float64) / 255)}
         input_shape = (*x_train.shape[1:], 1)
@@ -113,7 +116,7 @@ def main(
             raise ParamsError(f"{model}.layers: {num_classes} outputs, but labels go up to "
                               f"{max(y_train.max(), y_dev.max())}")
         classes = [f"{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)]
-        x_train, x_dev = normalise(x_train, normalization), normalise(x_dev, normalization)
+        x_train, x_dev = normalize(x_train, normalization), normalize(x_dev, normalization)
         print(f"{stage}: {len(y_train):,} train / {len(y_dev):,} dev images {input_shape}, "
               f"{num_classes} classes, {net.num_params():,} parameters")
         print(net.summary(input_shape))
@@ -123,17 +126,21 @@ def main(
         def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
             return random_shift(xb, p.max_shift, gen, fill=background)
 
-        bar = Progress(steps_per_epoch, f"{stage} epoch 1")
+        # A bar only when stderr is a terminal (disable=None); logs and CI get the epoch lines.
+        bar = tqdm(total=steps_per_epoch, desc=f"{stage} epoch 1", unit="step", leave=False,
+                   disable=None)
 
         def on_step(step: int, total: int, loss: float) -> None:
-            bar.update(1, f"loss {loss:.4f}")
+            bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            bar.update(1)
 
         def on_epoch(r: dict) -> None:
-            bar.close()
-            bar.done, bar.label = 0, f"{stage} epoch {r['epoch'] + 1}"
-            print(f"{stage}: epoch {r['epoch']:3d}/{p.epochs}  loss {r['loss']:.4f}  "
-                  f"train {r['train_acc']:.4f}  dev {r['dev_acc']:.4f}  lr {r['lr']:.2e}  "
-                  f"{r['seconds']:.1f} s", flush=True)
+            bar.reset()
+            bar.set_description(f"{stage} epoch {r['epoch'] + 1}", refresh=False)
+            tqdm.write(f"{stage}: epoch {r['epoch']:3d}/{p.epochs}  loss {r['loss']:.4f}  "
+                       f"train {r['train_acc']:.4f}  dev {r['dev_acc']:.4f}  lr {r['lr']:.2e}  "
+                       f"{r['seconds']:.1f} s")  # the time goes to the log, not to history.csv
+            sys.stdout.flush()
 
         start = time.perf_counter()
         # Overflow is caught as DivergedError, with its epoch and step, not as a numpy warning.
@@ -143,14 +150,15 @@ def main(
                           augment=augment if p.max_shift else None,
                           label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
                           early_stopping_patience=p.early_stopping_patience,
-                          on_epoch=on_epoch, on_step=on_step if bar.enabled else None)
+                          on_epoch=on_epoch, on_step=None if bar.disable else on_step)
+        bar.close()
         best = max(r["dev_acc"] for r in records)
         save(out, net, normalization=normalization, input_shape=input_shape,
              classes=classes, meta={"model": model, "epochs_run": len(records),
                                     "best_dev_acc": best})
         write_bytes(history, history_csv(records))
-        print(f"{stage}: best dev accuracy {best:.4f}; {time.perf_counter() - start:.0f} s; "
-              f"-> {out}, {history}")
+        print(f"{stage}: best dev accuracy {best:.4f} -> {out}, {history}")
+        print(f"{stage}: trained on the {p.engine} engine in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nn.data.idx import idx_bytes
-from nn.data.mnist import SPLIT_FILES, WHEEL_CSV
+from nn.mnist.idx import idx_bytes
+from nn.mnist.sources import SPLIT_FILES, WHEEL_CSV
 
 
 def fake_mnist(n_train: int = 60, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:

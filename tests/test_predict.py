@@ -1,10 +1,11 @@
-"""`nn predict` (nn/cli.py): output formats, --show-input, bad inputs, MNIST round trips."""
+"""`nn predict` (nn/mnist/cli.py): output formats, --show-input, bad inputs, MNIST round trips."""
 
 from __future__ import annotations
 
 import json
 import re
 import struct
+import typing
 import zlib
 from pathlib import Path
 
@@ -13,11 +14,11 @@ import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
-from nn import io as nn_io
-from nn.cli import app
+from nn.mnist import modelfile
+from nn.mnist.cli import app
 from nn.model import Sequential
 from nn.optim import Adam
-from nn.preprocess import preprocess
+from nn.mnist.preprocess import preprocess
 from nn.train import evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def tiny_model(width: int, rng: np.random.Generator, hidden: int = 32) -> Sequen
 
 def save_model(path: Path, model: Sequential, width: int) -> Path:
     classes = [str(i) for i in range(10)] if width == 28 else [f"{i:02d}" for i in range(100)]
-    nn_io.save(path, model, normalization=NORM, input_shape=(28, width, 1), classes=classes)
+    modelfile.save(path, model, normalization=NORM, input_shape=(28, width, 1), classes=classes)
     return path
 
 
@@ -87,6 +88,26 @@ def test_text_output_one_line_per_image(tmp_path, models):
         top = [(lab, float(p)) for lab, p in (item.split() for item in m["top"].split(", "))]
         assert len(top) == 4 and top[0][0] == m["label"] and top[0][1] == float(m["p"])
         assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+
+
+def test_both_engines_give_the_same_answer(tmp_path, models):
+    a = draw(tmp_path / "a.png")
+    fast = run(a, "--model", models[28], "--json", "--engine", "fast")
+    reference = run(a, "--model", models[28], "--json", "--engine", "reference")
+    assert fast.exit_code == reference.exit_code == 0, fast.output + reference.output
+    top = [json.loads(r.stdout)[0]["top_k"] for r in (fast, reference)]
+    assert [t["label"] for t in top[0]] == [t["label"] for t in top[1]]
+    for f, r in zip(*top):
+        assert f["probability"] == pytest.approx(r["probability"], abs=2e-6)
+
+
+def test_the_engine_choices_are_nn_engines():
+    # nn/mnist/cli.py spells them out to keep `nn --help` free of NumPy; they must not drift
+    from nn.engine import ENGINES
+    from nn.mnist.cli import predict
+
+    engine = typing.get_type_hints(predict, include_extras=True)["engine"]
+    assert typing.get_args(typing.get_args(engine)[0]) == ENGINES
 
 
 def test_json_is_a_list_in_argument_order_with_errors_in_place(tmp_path, models):
@@ -209,10 +230,10 @@ def bad_model(tmp_path: Path, kind: str, models) -> Path:
     elif kind == "input-shape":
         rng = np.random.default_rng(1)
         m = Sequential.from_spec([{"type": "Linear", "in_features": 784, "out_features": 10}], rng)
-        nn_io.save(path, m, normalization=NORM, input_shape=(784,), classes=[str(i) for i in range(10)])
+        modelfile.save(path, m, normalization=NORM, input_shape=(784,), classes=[str(i) for i in range(10)])
     elif kind == "no-normalization":
         m = tiny_model(28, np.random.default_rng(1))
-        nn_io.save(path, m, normalization={}, input_shape=(28, 28, 1), classes=[str(i) for i in range(10)])
+        modelfile.save(path, m, normalization={}, input_shape=(28, 28, 1), classes=[str(i) for i in range(10)])
     return path
 
 
@@ -271,8 +292,8 @@ def render(images: np.ndarray, folder: Path) -> list[Path]:
     return paths
 
 
-def normalise(images: np.ndarray) -> np.ndarray:
-    return nn_io.normalise(images, NORM)
+def normalize(images: np.ndarray) -> np.ndarray:
+    return modelfile.normalize(images, NORM)
 
 
 def cli_accuracy(model: Path, paths: list[Path], labels: np.ndarray, classes: list[str]) -> float:
@@ -304,8 +325,8 @@ def test_round_trip_keeps_a_tiny_trained_mlp_accurate(tmp_path, mnist_round_trip
     x_train, y_train = load_split(ROOT / "data/mnist/train.npz", 12_000, "no data/mnist/train.npz")
     rng = np.random.default_rng(5)
     model = tiny_model(28, rng, hidden=64)
-    fit(model, Adam(2e-3), normalise(x_train), y_train, epochs=2, batch_size=64, rng=rng)
-    _, array_acc = evaluate(model, normalise(x_test), y_test)
+    fit(model, Adam(2e-3), normalize(x_train), y_train, epochs=2, batch_size=64, rng=rng)
+    _, array_acc = evaluate(model, normalize(x_test), y_test)
     assert array_acc > 0.9  # the model has learnt something the round trip could lose
     path = save_model(tmp_path / "mlp.npz", model, 28)
     png_acc = cli_accuracy(path, paths, y_test, [str(i) for i in range(10)])
@@ -318,8 +339,8 @@ def test_round_trip_with_the_trained_mlp(mnist_round_trip_pngs):
     if not model_path.exists():
         pytest.skip("no models/mlp.npz (run `dvc repro`)")
     x, y, paths = mnist_round_trip_pngs
-    model, info = nn_io.load(model_path)
-    _, array_acc = evaluate(model, normalise_with(x, info), y)
+    model, info = modelfile.load(model_path)
+    _, array_acc = evaluate(model, normalize_with(x, info), y)
     png_acc = cli_accuracy(model_path, paths, y, info.classes)
     print(f"models/mlp.npz: arrays {array_acc:.3f}, PNG round trip {png_acc:.3f}")
     assert png_acc >= array_acc - 0.01
@@ -330,12 +351,12 @@ def test_round_trip_with_the_trained_cnn(tmp_path):
     if not model_path.exists():
         pytest.skip("no models/cnn.npz (run `dvc repro`)")
     x, y = load_split(ROOT / "data/mnist100/test.npz", ROUND_TRIP_N, "no data/mnist100/test.npz")
-    model, info = nn_io.load(model_path)
-    _, array_acc = evaluate(model, normalise_with(x, info), y)
+    model, info = modelfile.load(model_path)
+    _, array_acc = evaluate(model, normalize_with(x, info), y)
     png_acc = cli_accuracy(model_path, render(x, tmp_path / "png"), y, info.classes)
     print(f"models/cnn.npz: arrays {array_acc:.3f}, PNG round trip {png_acc:.3f}")
     assert png_acc >= array_acc - 0.01
 
 
-def normalise_with(images: np.ndarray, info) -> np.ndarray:
-    return nn_io.normalise(images, info.normalization)
+def normalize_with(images: np.ndarray, info) -> np.ndarray:
+    return modelfile.normalize(images, info.normalization)

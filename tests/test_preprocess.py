@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from nn.preprocess import (
+from nn.mnist.preprocess import (
     BlankImageError,
     ImageTooLargeError,
     NotAnImageError,

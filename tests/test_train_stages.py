@@ -1,6 +1,7 @@
 """train / evaluate / report stages on tiny data: params validation, outputs, divergence."""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -8,8 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from nn.data.files import save_npz
-from nn.io import load
+from nn.files import save_npz
+from nn.mnist.modelfile import load
 from stages import evaluate, report, train
 
 CNN = [
@@ -52,10 +53,14 @@ def data(tmp_path_factory):
     return root
 
 
+NAN, INF = "<nan>", "<inf>"  # written into params.yaml as YAML's .nan and .inf
+
+
 def run_train(tmp_path, data, name, params, dataset):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "params.yaml"
-    path.write_text(json.dumps({name: params}))
+    text = json.dumps({name: params})  # JSON is YAML; .nan and .inf are YAML's, not JSON's
+    path.write_text(text.replace(f'"{NAN}"', ".nan").replace(f'"{INF}"', ".inf"))
     out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
     result = CliRunner().invoke(train.app, [
         "--model", name, "--data", str(data / dataset), "--out", str(out),
@@ -75,6 +80,11 @@ def run_train(tmp_path, data, name, params, dataset):
     ({"layers": [{"type": "Dropout", "p": 1.0}]}, "mlp.layers[0].p: 1.0 must be in [0, 1)"),
     ({"layers": [{"type": "Dense"}]}, "mlp.layers:"),
     ({"schedule": {"name": "cosine", "args": {"warmup": 1}}}, "mlp.schedule: schedule 'cosine' got unknown argument"),
+    ({"optimizer": {"name": "adam", "lr": True}}, "mlp.optimizer.lr: expected a number, got True"),
+    ({"engine": "gpu"}, "mlp.engine: 'gpu' is not one of 'fast', 'reference'"),
+    ({"layers": [{"type": "Flatten"}, "ReLU"]}, "mlp.layers[1]: expected a mapping, got str"),
+    ({"optimizer": "adam"}, "mlp.optimizer: expected a mapping, got str"),
+    ({"clip_norm": 0}, "mlp.clip_norm: 0.0 must be > 0"),
 ])
 def test_bad_params_name_the_key_and_write_nothing(tmp_path, data, change, message):
     result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, **change), "mnist")
@@ -82,6 +92,30 @@ def test_bad_params_name_the_key_and_write_nothing(tmp_path, data, change, messa
     errors = [line for line in result.output.splitlines() if "error" in line]
     assert len(errors) == 1 and message in errors[0], result.output
     assert not out.exists() and not history.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimizer": {"name": "adam", "lr": NAN}}, "mlp.optimizer.lr: nan is not a finite number"),
+    ({"clip_norm": INF}, "mlp.clip_norm: inf is not a finite number"),
+    ({"schedule": {"name": "onecycle", "args": {"pct_start": NAN}}},
+     "mlp.schedule.args.pct_start: nan is not a finite number"),
+    ({"layers": [{"type": "Flatten"}, {"type": "Dropout", "p": NAN}]},
+     "mlp.layers[1].p: nan is not a finite number"),
+])
+def test_nan_and_infinity_are_refused_everywhere(tmp_path, data, change, message):
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, **change), "mnist")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert not out.exists() and not history.exists()
+
+
+def test_the_reference_engine_trains_end_to_end(tmp_path, data):
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, engine="reference"),
+                                     "mnist")
+    assert result.exit_code == 0, result.output
+    assert "train@mlp: trained on the reference engine" in result.output
+    assert load(out, engine="reference")[1].classes == [str(i) for i in range(10)]
 
 
 def test_a_missing_params_section_is_an_error(tmp_path, data):
@@ -110,8 +144,12 @@ def test_training_is_deterministic_and_writes_history(tmp_path, data):
     b = run_train(tmp_path / "b", data, "mlp", model_params(MLP), "mnist")
     assert a[0].exit_code == 0, a[0].output
     assert a[1].read_bytes() == b[1].read_bytes()
+    assert a[2].read_bytes() == b[2].read_bytes()
+    # not a terminal: no progress bar, one plain line per epoch
+    assert "\r" not in a[0].output
+    assert len([ln for ln in a[0].output.splitlines() if ": epoch " in ln]) == 2, a[0].output
     history = pd.read_csv(a[2])
-    assert list(history.columns) == ["epoch", "loss", "train_acc", "dev_acc", "lr", "seconds"]
+    assert list(history.columns) == ["epoch", "loss", "train_acc", "dev_acc", "lr"]
     assert list(history["epoch"]) == [1, 2]
     model, info = load(a[1])
     assert info.classes == [str(i) for i in range(10)] and info.input_shape == (28, 28, 1)
@@ -132,8 +170,7 @@ def evaluated(tmp_path_factory, data):
         assert result.exit_code == 0, result.output
         out = tmp / "reports" / name
         result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data",
-                                                   str(data / dataset), "--history", str(history),
-                                                   "--out", str(out)])
+                                                   str(data / dataset), "--out", str(out)])
         assert result.exit_code == 0, result.output
         outs[name] = out
     return tmp, outs
@@ -144,7 +181,7 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
     for name, k, width in (("mlp", 10, 1), ("cnn", 100, 2)):
         out = outs[name]
         metrics = json.loads((out / "metrics.json").read_text())
-        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "train_seconds", "params"}
+        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params"}
         assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
         per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
         assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
@@ -165,10 +202,8 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
 def test_evaluate_rejects_a_corrupt_model(tmp_path, data):
     bad = tmp_path / "m.npz"
     bad.write_bytes(b"PK\x03\x04 not really")
-    history = tmp_path / "h.csv"
-    history.write_text("epoch,seconds\n1,1\n")
     result = CliRunner().invoke(evaluate.app, ["--model", str(bad), "--data", str(data / "mnist"),
-                                               "--history", str(history), "--out", str(tmp_path / "r")])
+                                               "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and str(bad) in result.output
     assert not (tmp_path / "r").exists()
 
@@ -179,10 +214,54 @@ def test_report_page_lists_both_models(evaluated, data):
     params.write_text(json.dumps({"mlp": model_params(MLP), "cnn": model_params(CNN)}))
     page = tmp / "reports" / "README.md"
     result = CliRunner().invoke(report.app, [
-        "--model", f"mlp={data / 'mnist'}", "--model", f"cnn={data / 'mnist100'}",
-        "--reports", str(tmp / "reports"), "--out", str(page), "--params", str(params)])
+        "--data", str(data), "--reports", str(tmp / "reports"), "--out", str(page),
+        "--params", str(params), "--mlp", "mnist", "--cnn", "mnist100"])
     assert result.exit_code == 0, result.output
     text = page.read_text()
     for needle in ("| mlp | mnist |", "| cnn | mnist100 |", "## Hardest classes",
                    "(mlp/confusion.png)", "(cnn/errors.png)", "| mnist100 | 300 | 300 | 300 |"):
         assert needle in text
+
+
+TIMING = re.compile(r"second|time|elapsed|duration|date|host", re.IGNORECASE)
+
+
+def test_tracked_outputs_hold_no_wall_clock_time(evaluated, data, tmp_path):
+    """What DVC and git track is the same on every run: no timing field, byte-identical reruns."""
+    tmp, outs = evaluated
+    for name, dataset in (("mlp", "mnist"), ("cnn", "mnist100")):
+        history = pd.read_csv(tmp / "reports" / name / "history.csv")
+        assert not [c for c in history.columns if TIMING.search(c)], list(history.columns)
+        metrics = json.loads((outs[name] / "metrics.json").read_text())
+        assert not [k for k in metrics if TIMING.search(k)], metrics
+        again = tmp_path / name
+        result = CliRunner().invoke(evaluate.app, ["--model", str(tmp / "models" / f"{name}.npz"),
+                                                   "--data", str(data / dataset),
+                                                   "--out", str(again)])
+        assert result.exit_code == 0, result.output
+        for f in again.iterdir():
+            assert f.read_bytes() == (outs[name] / f.name).read_bytes(), (name, f.name)
+    params = tmp_path / "p.yaml"
+    params.write_text(json.dumps({"mlp": model_params(MLP), "cnn": model_params(CNN)}))
+    pages = [tmp_path / "a.md", tmp_path / "b.md"]
+    for page in pages:
+        result = CliRunner().invoke(report.app, [
+            "--data", str(data), "--reports", str(tmp / "reports"), "--out", str(page),
+            "--params", str(params), "--mlp", "mnist", "--cnn", "mnist100"])
+        assert result.exit_code == 0, result.output
+    assert pages[0].read_bytes() == pages[1].read_bytes()
+    results = pages[0].read_text().split("## Params")[0]  # the params part may say "warmup"
+    assert "| mlp | mnist |" in results and not TIMING.search(results)
+
+
+@pytest.mark.parametrize("models, message", [
+    ([], "expected --<model> <dataset> pairs, got none"),
+    (["--mlp"], "expected --<model> <dataset> pairs, got --mlp"),
+    (["mlp", "mnist"], "expected --<model> <dataset>, got mlp mnist"),
+])
+def test_report_needs_model_dataset_pairs(tmp_path, data, models, message):
+    page = tmp_path / "README.md"
+    result = CliRunner().invoke(report.app, ["--data", str(data), "--reports", str(tmp_path),
+                                             "--out", str(page), *models])
+    assert result.exit_code == 1
+    assert f"report: error: {message}" in result.output and not page.exists()

@@ -1,6 +1,6 @@
 """MNIST-style preprocessing of any image of a handwritten digit or two-digit number.
 
-MNIST digits were size-normalised to fit a 20x20 box (aspect ratio kept, anti-aliased)
+MNIST digits were size-normalized to fit a 20x20 box (aspect ratio kept, anti-aliased)
 and placed in a 28x28 field by their centre of mass, light ink on black. A model trained
 on them only works on a user's image that has been made to look the same; this module
 does that:
@@ -12,7 +12,7 @@ does that:
     preprocess(source, width) -> (28, width) uint8; width 28 = one digit, 56 = two digits
 
 MNIST-100 images are two such 28x28 digits side by side, so each digit of a two-digit
-image is normalised into its own half.
+image is normalized into its own half.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def preprocess(source: Source, width: int = SIZE) -> np.ndarray:
     """An image file as the network's input. -> (28, width) uint8, light ink on black.
 
     width 28 treats the image as one digit; 56 as a two-digit number (MNIST-100), each
-    digit normalised into its own 28x28 half.
+    digit normalized into its own 28x28 half.
     Raises NotAnImageError, ImageTooLargeError, BlankImageError (all ImageError) and,
     for a missing file, FileNotFoundError.
     """

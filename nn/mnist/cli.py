@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -83,6 +83,9 @@ def predict(
     show_input: Annotated[
         Path | None, typer.Option("--show-input", help=SHOW_INPUT_HELP, show_default=False)
     ] = None,
+    engine: Annotated[
+        Literal["fast", "reference"], typer.Option(help="Which implementation runs the model.")
+    ] = "fast",
 ) -> None:
     """Predict the digit (MLP, 28x28) or two-digit number (CNN, 28x56) in each image.
 
@@ -94,13 +97,13 @@ def predict(
     """
     import numpy as np
 
-    from nn import io as nn_io
-    from nn.preprocess import ImageError, preprocess
+    from nn.mnist import modelfile
+    from nn.mnist.preprocess import ImageError, preprocess
 
     try:
-        net, info = nn_io.load(model)
-    except nn_io.ModelFileError as e:
-        message = str(e)  # nn.io's messages start with the path; make sure of it
+        net, info = modelfile.load(model, engine=engine)
+    except modelfile.ModelFileError as e:
+        message = str(e)  # the messages start with the path; make sure of it
         _fail(message if message.startswith(str(model)) else f"{model}: {message}")
         raise typer.Exit(EXIT_MODEL) from None
     shape = tuple(info.input_shape)
@@ -124,7 +127,7 @@ def predict(
 
     good = [r for r in results if "input" in r]
     if good:
-        x = nn_io.normalise(np.stack([r["input"] for r in good]), info.normalization)
+        x = modelfile.normalize(np.stack([r["input"] for r in good]), info.normalization)
         proba = net.predict_proba(x, batch_size=BATCH_SIZE)  # (N, classes)
         classes = info.classes or [str(i) for i in range(proba.shape[1])]
         k = min(top_k, len(classes))

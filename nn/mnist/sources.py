@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from nn.data.idx import IdxError, idx_bytes, parse_idx, read_idx
-from nn.data.files import write_bytes
-from nn.progress import Progress
+from nn.mnist.idx import IdxError, idx_bytes, parse_idx, read_idx
+from nn.files import write_bytes
 
 # The four uncompressed MNIST files; their canonical MD5s are listed in params.yaml.
 FILE_NAMES = (
@@ -137,7 +137,9 @@ def _http_get(url: str, timeout: float, label: str) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         total = resp.headers.get("Content-Length")
         buf = io.BytesIO()
-        with Progress(int(total) if total else None, label) as bar:
+        # a bar only when stderr is a terminal (disable=None): logs get the stage's lines
+        with tqdm(total=int(total) if total else None, desc=label, unit="B", unit_scale=True,
+                  leave=False, disable=None) as bar:
             while chunk := resp.read(1 << 16):
                 buf.write(chunk)
                 bar.update(len(chunk))

@@ -1,11 +1,12 @@
-"""Save and load a model as one `.npz` file, never with pickle.
+"""Save and load a Sequential as one `.npz` file, never with pickle.
 
 File format (version 1), the members of an uncompressed `.npz`:
-  "header"        0-d str array: JSON {"format", "version", "spec", "normalization",
-                  "input_shape", "classes", "meta"}
+  "header"        0-d str array: JSON {"format", "version", "spec", "input_shape", **fields}
   "state/<key>"   one array per entry of model.state_dict() ("state/0.W", "state/2.running_mean")
   "sha256"        0-d str array: hex sha256 over the header text and every state array
                   (name, dtype, shape and bytes, in sorted name order)
+The application names its format ("mnist-nn model") and adds its own JSON header fields
+(normalization, class names, ...); this module only checks that the required ones are there.
 Every way a file can be wrong on load raises ModelFileError with a one-line message.
 """
 
@@ -17,16 +18,17 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from nn.data.files import atomic_open
-from nn import engine
+from nn import engine as engines
+from nn.files import atomic_open
 from nn.model import Sequential
 
-FORMAT = "mnist-nn model"
 VERSION = 1
 _STATE = "state/"
+_CORE = ("format", "version", "spec", "input_shape")  # header keys this module owns
 
 
 class ModelFileError(Exception):
@@ -34,28 +36,13 @@ class ModelFileError(Exception):
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What a model file says about its model, besides the weights."""
+class Checkpoint:
+    """What a model file says besides the weights: its input shape and the application's fields."""
 
-    normalization: dict
     input_shape: tuple[int, ...]
-    classes: list[str] | None
-    meta: dict
+    fields: dict
     version: int
     sha256: str
-
-
-def normalise(images: np.ndarray, normalization: dict) -> np.ndarray:
-    """The model's input from raw images: (N, H, W) uint8 -> (N, H, W, 1) float32.
-
-    (x / 255 - mean) / std with the file's normalisation; training, evaluation and `nn predict`
-    all go through here, so the network always sees the same arithmetic.
-    """
-    x = images.astype(np.float32)[..., None]
-    x *= np.float32(1 / 255)
-    x -= np.float32(normalization["mean"])
-    x /= np.float32(normalization["std"])
-    return x
 
 
 def _content_hash(header_text: str, state: dict[str, np.ndarray]) -> str:
@@ -89,26 +76,19 @@ def _write(path: Path, header: dict, state: dict[str, np.ndarray]) -> str:
     return digest
 
 
-def save(path: str | os.PathLike, model, *, normalization: dict, input_shape: tuple[int, ...],
-         classes: list[str] | None = None, meta: dict | None = None) -> str:
-    """Write `model` (weights, spec) and its input contract to one .npz; returns the sha256.
+def save(path: str | os.PathLike, model: Sequential, *, format: str,
+         input_shape: tuple[int, ...], fields: dict | None = None) -> str:
+    """Write `model` (weights, spec) to one .npz with a JSON header; returns the sha256.
 
-    normalization: e.g. {"mean": 0.1307, "std": 0.3081}; input_shape: one image, e.g.
-    (28, 56, 1); classes: optional class names; meta: optional JSON-serialisable extras.
+    format: the application's file type, checked on load; input_shape: one sample, e.g.
+    (28, 56, 1); fields: JSON-serialisable header entries of the application's own.
     """
-    if not isinstance(normalization, dict):
-        raise TypeError(f"normalization must be a dict, got {type(normalization).__name__}")
-    if classes is not None:
-        classes = [str(c) for c in classes]
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "spec": model.spec,
-        "normalization": normalization,
-        "input_shape": [int(d) for d in input_shape],
-        "classes": classes,
-        "meta": meta or {},
-    }
+    fields = fields or {}
+    clash = sorted(set(fields) & set(_CORE))
+    if clash:
+        raise ValueError(f"fields {clash} are reserved by the checkpoint header")
+    header = {"format": format, "version": VERSION, "spec": model.spec,
+              "input_shape": [int(d) for d in input_shape], **fields}
     return _write(Path(path), header, model.state_dict())
 
 
@@ -137,27 +117,34 @@ def _read(path: Path) -> tuple[str, dict[str, np.ndarray], str]:
     return str(header), state, str(digest)
 
 
-def load(path: str | os.PathLike) -> tuple[Sequential, ModelInfo]:
-    """Rebuild the model saved at `path`. Returns (model, ModelInfo); raises ModelFileError."""
+def load(path: str | os.PathLike, *, format: str, required: Iterable[str] = (),
+         engine: str = "fast") -> tuple[Sequential, Checkpoint]:
+    """Rebuild the model saved at `path` on `engine` (see nn.engine).
+
+    format: the file type expected; required: the application's header fields that must be
+    present. Returns (model, Checkpoint); raises ModelFileError.
+    """
+    if engine not in engines.ENGINES:  # a caller's mistake, not the file's
+        raise ValueError(f"engine must be one of {', '.join(engines.ENGINES)}, got {engine!r}")
     path = Path(path)
     header_text, state, digest = _read(path)
     try:
         header = json.loads(header_text)
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{path}: header is not valid JSON ({e})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a model file (format is not {FORMAT!r})")
+    if not isinstance(header, dict) or header.get("format") != format:
+        raise ModelFileError(f"{path}: not a model file (format is not {format!r})")
     # the version before the hash: another version may hash differently
     if header.get("version") != VERSION:
         raise ModelFileError(f"{path}: format version {header.get('version')!r}, "
                              f"this code reads version {VERSION}")
     if _content_hash(header_text, state) != digest:
         raise ModelFileError(f"{path}: content hash mismatch (file modified or corrupt)")
-    missing = sorted({"spec", "normalization", "input_shape", "classes", "meta"} - header.keys())
+    missing = sorted({"spec", "input_shape", *required} - header.keys())
     if missing:
         raise ModelFileError(f"{path}: header lacks {missing}")
     try:
-        model = engine.build(header["spec"], np.random.default_rng(0))
+        model = engines.build(header["spec"], np.random.default_rng(0), engine=engine)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: bad architecture spec ({e})") from None
     try:
@@ -170,7 +157,6 @@ def load(path: str | os.PathLike) -> tuple[Sequential, ModelInfo]:
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: architecture does not accept input shape "
                              f"{input_shape} ({e})") from None
-    info = ModelInfo(normalization=header["normalization"], input_shape=input_shape,
-                     classes=header["classes"], meta=header["meta"],
-                     version=header["version"], sha256=digest)
-    return model, info
+    fields = {k: v for k, v in header.items() if k not in _CORE}
+    return model, Checkpoint(input_shape=input_shape, fields=fields,
+                             version=header["version"], sha256=digest)

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-import nn.io
-from nn.io import ModelFileError, load, save
+from nn import checkpoint
+from nn.mnist.modelfile import ModelFileError, load, save
 
 from nn.engine import build
 
@@ -41,7 +41,7 @@ def test_round_trip_gives_identical_predictions_and_info(tmp_path, model, saved)
     np.testing.assert_array_equal(loaded.forward(x, training=False), model.forward(x, training=False))
     assert loaded.spec == model.spec
     assert info.normalization == NORM and info.input_shape == INPUT_SHAPE
-    assert info.classes == ["a", "b", "c"] and info.version == nn.io.VERSION
+    assert info.classes == ["a", "b", "c"] and info.version == checkpoint.VERSION
     assert info.meta == {"dev_acc": 0.5, "epochs": 3}
     assert len(info.sha256) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]     # no temp file left
@@ -137,14 +137,14 @@ def test_tampered_header_fails_the_hash(saved):
 
 def test_other_version(saved):
     header, state = header_and_state(saved)
-    header["version"] = nn.io.VERSION + 1
-    nn.io._write(saved, header, state)                   # valid hash, future version
-    assert_model_file_error(saved, f"format version {nn.io.VERSION + 1}, this code reads")
+    header["version"] = checkpoint.VERSION + 1
+    checkpoint._write(saved, header, state)                   # valid hash, future version
+    assert_model_file_error(saved, f"format version {checkpoint.VERSION + 1}, this code reads")
     with np.load(saved, allow_pickle=False) as z:
         members = {k: z[k] for k in z.files}
     members["sha256"] = np.array("0" * 64)               # a version that hashes differently
     np.savez(saved, **members)
-    assert_model_file_error(saved, f"format version {nn.io.VERSION + 1}, this code reads")
+    assert_model_file_error(saved, f"format version {checkpoint.VERSION + 1}, this code reads")
 
 
 def test_header_that_is_not_ours(saved):
@@ -164,33 +164,33 @@ def test_weights_of_another_architecture(saved):
     header, state = header_and_state(saved)
     header["spec"][1]["out_features"] = 9               # spec no longer matches the weights
     header["spec"][4]["in_features"] = 9
-    nn.io._write(saved, header, state)
+    checkpoint._write(saved, header, state)
     assert_model_file_error(saved, "weights do not match the architecture")
     header, _ = header_and_state(saved)
     del state["4.b"]
     header["spec"][1]["out_features"] = header["spec"][4]["in_features"] = 8
-    nn.io._write(saved, header, state)
+    checkpoint._write(saved, header, state)
     assert_model_file_error(saved, "weights do not match the architecture")
 
 
 def test_unknown_layer_type_in_spec(saved):
     header, state = header_and_state(saved)
     header["spec"][2]["type"] = "Softplus"
-    nn.io._write(saved, header, state)
+    checkpoint._write(saved, header, state)
     assert_model_file_error(saved, "bad architecture spec")
 
 
 def test_input_shape_the_architecture_cannot_take(saved):
     header, state = header_and_state(saved)
     header["input_shape"] = [28, 28, 1]
-    nn.io._write(saved, header, state)
+    checkpoint._write(saved, header, state)
     assert_model_file_error(saved, "does not accept input shape")
 
 
 def test_header_lacking_fields(saved):
     header, state = header_and_state(saved)
     del header["normalization"]
-    nn.io._write(saved, header, state)
+    checkpoint._write(saved, header, state)
     assert_model_file_error(saved, "header lacks")
 
 
@@ -201,7 +201,7 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path, saved, model, monkeyp
         f.write(b"PK partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(nn.io.np, "savez", broken_savez)
+    monkeypatch.setattr(checkpoint.np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
         save(saved, model, normalization=NORM, input_shape=INPUT_SHAPE)
     assert saved.read_bytes() == before

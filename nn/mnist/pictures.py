@@ -47,7 +47,7 @@ def _heat(value: float, hue: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def confusion_heatmap(cm: np.ndarray, classes: Sequence[str], title: str) -> Image.Image:
-    """Confusion matrix picture: rows actual, columns predicted, rates normalised per row.
+    """Confusion matrix picture: rows actual, columns predicted, rates normalized per row.
 
     Correct predictions are blue, mistakes red; a mistake's colour grows with the square root
     of its rate so that rare confusions stay visible next to a ~99 % diagonal.

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from nn.data.files import write_bytes
+from nn.files import write_bytes
 
 # type code -> big-endian dtype
 _DTYPES = {

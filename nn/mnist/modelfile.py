@@ -1,0 +1,76 @@
+"""MNIST model files: a checkpoint (nn.checkpoint) plus the model's input contract.
+
+Header fields besides the checkpoint's own: "normalization" ({"mean", "std"} of the training
+images in [0, 1]), "classes" (class names or null) and "meta" (free JSON: epochs, accuracy).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from nn import checkpoint
+from nn.checkpoint import ModelFileError
+from nn.model import Sequential
+
+FORMAT = "mnist-nn model"
+_FIELDS = ("normalization", "classes", "meta")
+
+__all__ = ["FORMAT", "ModelFileError", "ModelInfo", "load", "normalize", "save"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about its model, besides the weights."""
+
+    normalization: dict
+    input_shape: tuple[int, ...]
+    classes: list[str] | None
+    meta: dict
+    version: int
+    sha256: str
+
+
+def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
+    """The model's input from raw images: (N, H, W) uint8 -> (N, H, W, 1) float32.
+
+    (x / 255 - mean) / std with the file's normalization; training, evaluation and `nn predict`
+    all go through here, so the network always sees the same arithmetic.
+    """
+    x = images.astype(np.float32)[..., None]
+    x *= np.float32(1 / 255)
+    x -= np.float32(normalization["mean"])
+    x /= np.float32(normalization["std"])
+    return x
+
+
+def save(path: str | os.PathLike, model: Sequential, *, normalization: dict,
+         input_shape: tuple[int, ...], classes: list[str] | None = None,
+         meta: dict | None = None) -> str:
+    """Write `model` and its input contract to one .npz; returns the sha256.
+
+    normalization: e.g. {"mean": 0.1307, "std": 0.3081}; input_shape: one image, e.g.
+    (28, 56, 1); classes: optional class names; meta: optional JSON-serialisable extras.
+    """
+    if not isinstance(normalization, dict):
+        raise TypeError(f"normalization must be a dict, got {type(normalization).__name__}")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+    return checkpoint.save(path, model, format=FORMAT, input_shape=input_shape,
+                           fields={"normalization": normalization, "classes": classes,
+                                   "meta": meta or {}})
+
+
+def load(path: str | os.PathLike, engine: str = "fast") -> tuple[Sequential, ModelInfo]:
+    """Rebuild the model saved at `path` on `engine`. Returns (model, ModelInfo).
+
+    Raises ModelFileError (one line, naming the file) for any fault of the file.
+    """
+    model, ckpt = checkpoint.load(path, format=FORMAT, required=_FIELDS, engine=engine)
+    f = ckpt.fields
+    info = ModelInfo(normalization=f["normalization"], input_shape=ckpt.input_shape,
+                     classes=f["classes"], meta=f["meta"], version=ckpt.version,
+                     sha256=ckpt.sha256)
+    return model, info
