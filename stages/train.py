@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,9 @@ class TrainParams(Params):
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
+    # Train on a seeded random subset of this many training images (null: all of them); the
+    # dev set stays whole. `nn tune` uses it to make trials cheap.
+    train_size: Annotated[Int | None, Field(ge=1)] = None
 
 
 def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
@@ -68,6 +72,24 @@ def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     d = load_npz(folder / f"{split}.npz", ("images", "labels"))
     return d["images"], d["labels"].astype(np.int64)
+
+
+def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """`size` examples drawn without replacement (in their original order), or all of them."""
+    if size is None or size >= len(y):
+        return x, y
+    # A generator of its own: the training run's stream is the same with or without a subset.
+    keep = np.sort(np.random.default_rng([seed, len(y)]).choice(len(y), size, replace=False))
+    return x[keep], y[keep]
+
+
+def dev_metrics(history: list[dict]) -> dict:
+    """The training run's summary on the dev split (what a search ranks by): the best epoch's
+    dev accuracy and loss, that epoch and the number of epochs run."""
+    best = max(history, key=lambda r: r["dev_acc"])  # the first of equals
+    return {"dev_acc": round(best["dev_acc"], 6), "dev_loss": round(best["dev_loss"], 6),
+            "best_epoch": best["epoch"], "epochs_run": len(history)}
 
 
 def history_csv(history: list[dict]) -> bytes:
@@ -87,12 +109,13 @@ def main(
     data: Annotated[Path, typer.Option(help="Folder with train.npz and dev.npz.")],
     out: Annotated[Path, typer.Option(help="Where to write the trained model (.npz).")],
     history: Annotated[Path, typer.Option(help="Where to write the per-epoch history (.csv).")],
+    metrics: Annotated[Path, typer.Option(help="Where to write the dev metrics (.json).")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
     with fatal_errors(stage, DivergedError, OSError, ValueError):
         p = load_params(TrainParams, model, params)
-        x_train, y_train = load_split(data, "train")
+        x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
@@ -152,12 +175,14 @@ def main(
                           early_stopping_patience=p.early_stopping_patience,
                           on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
-        best = max(r["dev_acc"] for r in records)
+        summary = dev_metrics(records)
         save(out, net, normalization=normalization, input_shape=input_shape,
              classes=classes, meta={"model": model, "epochs_run": len(records),
-                                    "best_dev_acc": best})
+                                    "best_dev_acc": summary["dev_acc"]})
         write_bytes(history, history_csv(records))
-        print(f"{stage}: best dev accuracy {best:.4f} -> {out}, {history}")
+        write_bytes(metrics, (json.dumps(summary, indent=2) + "\n").encode())
+        print(f"{stage}: best dev accuracy {summary['dev_acc']:.4f} (epoch {summary['best_epoch']}) "
+              f"-> {out}, {history}, {metrics}")
         print(f"{stage}: trained on the {p.engine} engine in {time.perf_counter() - start:.1f} s")
 
 
