@@ -242,6 +242,7 @@ def tune(
         _fail(str(e))
         raise typer.Exit(EXIT_TUNE) from None
     except KeyboardInterrupt:
+        _fail("tune: interrupted")
         raise typer.Exit(130) from None
     table = r["table"]
     shown = table.head(5).drop(columns=["error"]) if (table["status"] == "ok").all() else table.head(5)

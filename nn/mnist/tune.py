@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -145,7 +146,14 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
 # ---- DVC and git, through their command lines ---------------------------------------------
 
 def _run(root: Path, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+    # Output through temporary files, not pipes: `dvc queue start` leaves worker daemons that
+    # inherit the output handles, and reading a pipe would wait for them to exit.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(args, cwd=root, env=env, stdout=out, stderr=err)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
 
 
 def dvc(root: Path, *args: str, env: dict | None = None) -> str:
@@ -231,8 +239,8 @@ class Search:
     def run(self, names: list[str], workers: int) -> dict[str, dict]:
         """Start `workers` workers of cores/workers threads each; wait until every name is done."""
         threads = max(1, cores() // workers)
-        dvc(self.root, "queue", "start", "--jobs", str(workers), env=thread_env(threads))
         try:
+            dvc(self.root, "queue", "start", "--jobs", str(workers), env=thread_env(threads))
             return self._wait(names, workers, threads)
         except KeyboardInterrupt:
             self.stop(names)
@@ -259,7 +267,7 @@ class Search:
     def stop(self, names: list[str]) -> None:
         """Remove our trials still queued and kill our running ones; finished ones are kept."""
         exps = experiments(self.root)
-        queued = [n for n in names if exps.get(n, {}).get("state", "queued") == "queued"]
+        queued = [n for n in names if exps.get(n, {}).get("state") == "queued"]
         running = [n for n in names if exps.get(n, {}).get("state") == "running"]
         if queued:
             dvc(self.root, "queue", "remove", *queued)
@@ -303,7 +311,8 @@ def most_influential(table, space: dict[str, Distribution]) -> str | None:
     numeric = [p for p, d in space.items() if d.kind != "choice"]
     if len(ok) < 3 or not numeric:
         return numeric[0] if numeric else None
-    corr = {p: abs(ok[p].astype(float).corr(ok["dev_acc"], method="spearman")) for p in numeric}
+    # Spearman's rho: Pearson's on the ranks (pandas' own "spearman" would need SciPy).
+    corr = {p: abs(ok[p].astype(float).rank().corr(ok["dev_acc"].rank())) for p in numeric}
     corr = {p: (0.0 if math.isnan(c) else c) for p, c in corr.items()}
     return max(numeric, key=lambda p: corr[p])
 
@@ -346,9 +355,14 @@ def tune(root: Path, model: str, params: Path, out: Path, *, trials: int | None 
     threads = max(1, cores() // workers)
     echo(f"tune: {model}: {trials} trials, {workers} worker(s) x {threads} thread(s), budget "
          f"{', '.join(f'{k}={yaml_value(v)}' for k, v in settings.budget.items()) or 'full'}")
-    for name, overrides in tqdm(samples.items(), desc="queueing", unit="trial", leave=False,
-                                disable=None):
-        Search(root, model).queue(name, {**settings.budget, **overrides})
+    search = Search(root, model, poll=poll)
+    try:
+        for name, overrides in tqdm(samples.items(), desc="queueing", unit="trial", leave=False,
+                                    disable=None):
+            search.queue(name, {**settings.budget, **overrides})
+    except KeyboardInterrupt:
+        search.stop(names)
+        raise
 
     train_json = f"reports/{model}/train.json"
     bar = tqdm(total=trials, desc=f"tune {model}", unit="trial", disable=None)
@@ -368,7 +382,8 @@ def tune(root: Path, model: str, params: Path, out: Path, *, trials: int | None 
         seen.update(done)
 
     start = time.perf_counter()
-    exps = Search(root, model, on_poll, poll).run(names, workers)
+    search.on_poll = on_poll
+    exps = search.run(names, workers)
     bar.close()
     table = results_table(model, samples, exps, settings.space)
     write_bytes(out / f"{model}.csv", table.to_csv(index=False, float_format="%.6g").encode())
