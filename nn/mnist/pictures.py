@@ -105,7 +105,7 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
     font, small = _font(14), _font(11)
     w, h = size
-    left, top, right, bottom = 64, 36, 16, 48
+    left, top, right, bottom = 64, 50, 16, 48
     fx = (lambda v: math.log10(v)) if log_x else float
     pts = [[(fx(x), float(y)) for x, y in zip(xs, ys)
             if math.isfinite(y) and (x > 0 or not log_x)] for _, xs, ys in series]
@@ -124,9 +124,9 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     d.rectangle((left, top, w - right, h - bottom), outline=(120, 120, 120))
-    d.text((left, 10), title, fill="black", font=font)
+    d.text((left, 8), title, fill="black", font=font)
     d.text(((w - left) // 2, h - 18), x_label, fill="black", font=small)
-    d.text((4, top - 16), y_label, fill="black", font=small)
+    d.text((4, top - 18), y_label, fill="black", font=small)
     for i in range(5):  # ticks
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         tx, _ = px(xv, y0)

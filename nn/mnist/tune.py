@@ -181,10 +181,22 @@ def preflight(root: Path) -> None:
                             f"git config {key} '...'")
 
 
+def exp_show(root: Path, *args: str, tries: int = 4) -> list:
+    """`dvc exp show --json ARGS`, retried: while a queued experiment is being set up, DVC can
+    fail to read its temporary directory ("directory ... does not exist")."""
+    for attempt in range(tries):
+        try:
+            return json.loads(dvc(root, "exp", "show", "--json", *args))
+        except TuneError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(2)
+
+
 def experiments(root: Path) -> dict[str, dict]:
     """name -> {state, metrics: {file: {...}}, log} for every experiment `dvc exp show` knows."""
     out = {}
-    for baseline in json.loads(dvc(root, "exp", "show", "--json")):
+    for baseline in exp_show(root):
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             executor = exp.get("executor") or {}
@@ -197,7 +209,7 @@ def experiments(root: Path) -> dict[str, dict]:
 
 def baseline_metrics(root: Path) -> dict[str, dict]:
     """The workspace's metrics: {file: {...}}."""
-    first = json.loads(dvc(root, "exp", "show", "--json", "--num", "1"))[0]
+    first = exp_show(root, "--num", "1")[0]
     return {f: m.get("data", {}) for f, m in ((first.get("data") or {}).get("metrics") or {}).items()}
 
 
