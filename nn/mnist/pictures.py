@@ -148,5 +148,5 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
         elif not lines:
             for x, y in xy:
                 d.ellipse((x - 3, y - 3, x + 3, y + 3), outline=c, fill=c)
-        d.text((w - right - 150, top + 6 + 14 * k), name, fill=c, font=small)
+        d.text((w - right - 160, 8 + 14 * k), name, fill=c, font=small)  # in the top margin
     return img
