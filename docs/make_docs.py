@@ -47,7 +47,7 @@ def _summary(model: str, input_shape: tuple) -> str:
 
 
 def _dag() -> str:
-    out = subprocess.run(["dvc", "dag", "--mermaid"], cwd=ROOT, check=True, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "dvc", "dag", "--mermaid"], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout
     return "```mermaid\n" + out.strip().replace("\t", "    ") + "\n```\n"
 
@@ -84,12 +84,29 @@ def _onecycle() -> str:
             f"    line [{ys}]\n```\n")
 
 
+def _results() -> str:
+    """The committed reports of each model: metrics.json and the last row of history.csv."""
+    import csv
+    import json
+
+    rows = ["| model | test accuracy | test loss | macro-F1 | parameters | epochs | last dev accuracy |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for model in ("mlp", "cnn"):
+        m = json.loads((ROOT / "reports" / model / "metrics.json").read_text())
+        with open(ROOT / "reports" / model / "history.csv", newline="") as f:
+            last = list(csv.DictReader(f))[-1]
+        rows.append(f"| {model} | {m['accuracy']:.2%} | {m['loss']:.4f} | {m['macro_f1']:.4f} | "
+                    f"{m['params']:,} | {last['epoch']} | {float(last['dev_acc']):.2%} |")
+    return "\n".join(rows) + "\n"
+
+
 TEXTS = {
     "summary-cnn": lambda: _summary("cnn", (28, 56, 1)),
     "summary-mlp": lambda: _summary("mlp", (28, 28, 1)),
     "dag": _dag,
     "stages": _stages,
     "onecycle": _onecycle,
+    "results": _results,
 }
 
 

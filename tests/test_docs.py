@@ -5,7 +5,8 @@ Conventions of the pages (docs/README.md explains them to writers):
     doctest when it holds `>>>` (the outputs are compared), else executed;
   - `<!-- excerpt: PATH::QUALNAME -->` (or `PATH` alone) on the line before a fenced block says
     the block is quoted from that file: its lines must appear there verbatim and in order
-    (indentation aside), inside the named function or class; it is not run;
+    (indentation aside), inside the named function or class; it is not run. A ```text excerpt
+    is quoted prose: its words must appear in that order, wherever the file breaks its lines;
   - every `PATH` and `PATH::QUALNAME` in backticks and every relative link must exist;
     `pytest tests/FILE.py::TEST` commands must name real tests;
   - `<!-- generated: NAME -->` ... `<!-- /generated -->` blocks (model summaries, the DAG from
@@ -82,7 +83,7 @@ def contains_lines(haystack: str, needle: str) -> bool:
 
 def excerpt_errors(root: Path, page: Path) -> list[str]:
     errors = []
-    for _, body, marker, line in blocks(page.read_text()):
+    for lang, body, marker, line in blocks(page.read_text()):
         if not marker or marker[0] != "excerpt":
             continue
         path, _, qualname = marker[1].partition("::")
@@ -99,7 +100,11 @@ def excerpt_errors(root: Path, page: Path) -> list[str]:
                 continue
             source = "\n".join(source.splitlines()[node.lineno - 1 - len(getattr(node, "decorator_list", [])):
                                                    node.end_lineno])
-        if not contains_lines(source, body):
+        if lang == "text":  # quoted prose: the same words in order, wherever the lines break
+            found = " ".join(body.split()) in " ".join(source.split())
+        else:
+            found = contains_lines(source, body)
+        if not found:
             errors.append(f"{where}: the quoted lines are not (or no longer) in the code")
     return errors
 
