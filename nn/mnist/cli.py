@@ -27,7 +27,7 @@ EXIT_MODEL = 2  # the model could not be used; nothing was predicted
 @app.callback()
 def main() -> None:
     """From-scratch NumPy neural networks on MNIST and MNIST-100."""
-    # A callback keeps `predict` a subcommand (`nn predict ...`) while it is the only one.
+    # A callback keeps the commands subcommands (`nn predict ...`, `nn serve`).
 
 
 def _fail(message: str) -> None:
@@ -139,6 +139,49 @@ def predict(
                 typer.echo(_format_text(r["file"], r["top"]))
     if write_failed or any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help=SERVE_HOST_HELP)] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    mlp: Annotated[Path, typer.Option(help="One-digit model (28x28).")] = Path("models/mlp.npz"),
+    cnn: Annotated[Path, typer.Option(help="Two-digit model (28x56).")] = Path("models/cnn.npz"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
+    engine: Annotated[
+        Literal["fast", "reference"], typer.Option(help="Which implementation runs the models.")
+    ] = "fast",
+) -> None:
+    """Serve a web page to draw a digit or a two-digit number and see the networks read it.
+
+    Loads both models once, then answers until Ctrl-C. Exit status 2 if a model cannot be
+    loaded, 1 if the address cannot be bound.
+    """
+    from nn.mnist import serve as web
+    from nn.mnist.modelfile import ModelFileError
+
+    try:
+        models = web.load_models({"mlp": mlp, "cnn": cnn}, engine=engine)
+    except ModelFileError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_MODEL) from None
+    try:
+        server = web.Server((host, port), models, quiet=quiet)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port} ({(e.strerror or str(e)).lower()})")
+        raise typer.Exit(1) from None
+    if not web.is_loopback(host):
+        typer.echo(f"warning: listening on {host}, not only this machine: anyone who can reach it "
+                   "can use the demo", err=True)
+    typer.echo(f"nn serve: {server.url}  (Ctrl-C to stop)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":
