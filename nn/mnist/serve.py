@@ -186,6 +186,25 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the base class finds (bad request line, unknown method, huge headers): JSON too."""
+        self.log_error("%d %s", code, message)
+        body = _json({"error": message or HTTPStatus(code).phrase})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     def _dispatch(self, method: str) -> None:
         start = time.perf_counter()
         url = urlsplit(self.path)
@@ -205,6 +224,8 @@ class Handler(BaseHTTPRequestHandler):
             status, content_type, body = (HTTPStatus.INTERNAL_SERVER_ERROR, "application/json",
                                           _json({"error": "internal error (see the server's log)"}))
             self.close_connection = True
+        # logged before the answer goes out, so the line is there when the client has its answer
+        self.server.log(f"{method} {url.path} {int(status)} {(time.perf_counter() - start) * 1e3:.0f} ms")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -218,7 +239,6 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
-        self.server.log(f"{method} {url.path} {int(status)} {(time.perf_counter() - start) * 1e3:.0f} ms")
 
     def _page(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "text/html; charset=utf-8", self.server.page
