@@ -88,17 +88,20 @@ STROKES = {  # each digit as polylines in a 100x140 cell, as a person draws it o
 }
 
 
-def drawing(text: str, height: int = 280, gap: float = 0.3) -> bytes:
-    """Digits drawn in black strokes on white, `gap` of a digit's width apart, as the page sends them."""
+def strokes(text: str, height: int = 280, gap: float = 0.25) -> list[list[tuple[float, float]]]:
+    """Polylines of `text` in pixels of a canvas `height` high, digits `gap` of a digit's width apart."""
     s = height / 140
-    width = round(height * (len(text) * (1 + gap) + gap) * 100 / 140)
+    return [[((gap + i * (1 + gap)) * 100 * s + x * s, y * s) for x, y in line]
+            for i, ch in enumerate(text) for line in STROKES[ch]]
+
+
+def drawing(text: str, height: int = 280, gap: float = 0.25, width: int | None = None) -> bytes:
+    """`text` drawn in black strokes on white, as the page draws and sends it (by default just wide enough)."""
+    width = width or round(height * (len(text) * (1 + gap) + gap) * 100 / 140)
     im = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(im)
-    for i, ch in enumerate(text):
-        x0 = (gap + i * (1 + gap)) * 100
-        for line in STROKES[ch]:
-            d.line([((x0 + x) * s, y * s) for x, y in line], fill="black", width=round(0.075 * height),
-                   joint="curve")
+    for line in strokes(text, height, gap):
+        d.line(line, fill="black", width=round(0.075 * height), joint="curve")
     return png(im)
 
 
