@@ -110,6 +110,28 @@ def test_prediction_is_nn_predict_json_plus_diagnostics(server, model_paths, tmp
     assert body["diagnostics"]["input_shape"] == list(seen.shape)
 
 
+def test_both_engines_give_the_same_answer(server, model_paths):
+    image = drawing("71")
+    _, fast, _ = post(server, image, top_k=100)  # every class: no near-tie can reorder the list's end
+    with running_server(model_paths, engine="reference") as reference_server:
+        _, reference, _ = post(reference_server, image, top_k=100)
+    assert reference["diagnostics"] == fast["diagnostics"]
+    ranked = [{t["label"]: t["probability"] for t in body["top_k"]} for body in (fast, reference)]
+    assert ranked[0].keys() == ranked[1].keys() and len(ranked[0]) == 100
+    for label, p in ranked[0].items():
+        assert ranked[1][label] == pytest.approx(p, abs=2e-6)
+
+
+def test_the_engine_choices_are_nn_engines():
+    import typing
+
+    from nn.engine import ENGINES
+    from nn.mnist.cli import serve
+
+    engine = typing.get_type_hints(serve, include_extras=True)["engine"]
+    assert typing.get_args(typing.get_args(engine)[0]) == ENGINES
+
+
 def test_data_url_in_json_or_as_the_body_is_the_same_image(server):
     image = drawing("47")
     _, expected, _ = post(server, image)
