@@ -10,16 +10,17 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from tqdm import tqdm
 
 from nn import engine, optim
 from nn.augment import random_shift
+from nn.backend import DEVICES, DeviceError, get_device
 from nn.engine import ENGINES
 from nn.files import load_npz, write_bytes
 from nn.mnist.modelfile import normalize, save
 from nn.schedules import make_schedule
-from nn.train import DivergedError, fit
+from nn.train import TRANSFERS, DivergedError, fit
 from stages.common import (Bool, Float, Int, Params, ParamsError, Str, fatal_errors, finite,
                            load_params, param_error)
 
@@ -52,6 +53,8 @@ class TrainParams(Params):
     # the architecture as nn.model.Sequential.from_spec reads it, one dict per layer
     layers: tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...]
     engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
+    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays, reference engine
+    transfer: Literal[TRANSFERS] = "batch"                 # gpu: data copied per batch or once
     label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
@@ -59,6 +62,13 @@ class TrainParams(Params):
     # Train on a seeded random subset of this many training images (null: all of them); the
     # dev set stays whole. `nn tune` uses it to make trials cheap.
     train_size: Annotated[Int | None, Field(ge=1)] = None
+
+    @model_validator(mode="after")
+    def _engine_runs_on_device(self):
+        if self.device != "cpu" and self.engine == "fast":
+            raise param_error("engine", f"'fast' runs on the CPU only; device {self.device} "
+                                        f"needs engine 'reference'")
+        return self
 
 
 def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
@@ -113,14 +123,15 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
-    with fatal_errors(stage, DivergedError, OSError, ValueError):
+    with fatal_errors(stage, DivergedError, DeviceError, OSError, ValueError):
         p = load_params(TrainParams, model, params)
+        device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
         x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
         try:
-            net = engine.build(list(p.layers), rng, engine=p.engine)
+            net = engine.build(list(p.layers), rng, engine=p.engine, device=device)
         except ValueError as e:
             raise ParamsError(f"{model}.layers: {e}") from None
         try:
@@ -173,7 +184,7 @@ def main(
                           augment=augment if p.max_shift else None,
                           label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
                           early_stopping_patience=p.early_stopping_patience,
-                          on_epoch=on_epoch, on_step=None if bar.disable else on_step)
+                          device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
         summary = dev_metrics(records)
         save(out, net, normalization=normalization, input_shape=input_shape,
@@ -183,7 +194,8 @@ def main(
         write_bytes(metrics, (json.dumps(summary, indent=2) + "\n").encode())
         print(f"{stage}: best dev accuracy {summary['dev_acc']:.4f} (epoch {summary['best_epoch']}) "
               f"-> {out}, {history}, {metrics}")
-        print(f"{stage}: trained on the {p.engine} engine in {time.perf_counter() - start:.1f} s")
+        print(f"{stage}: trained on the {p.engine} engine ({p.device}) in "
+              f"{time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
