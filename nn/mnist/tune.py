@@ -296,7 +296,7 @@ def metric(exp: dict, file: str, key: str) -> float | None:
 
 def results_table(model: str, trials: dict[str, dict[str, Any]], exps: dict[str, dict],
                   space: dict[str, Distribution]):
-    """One row per trial, ranked: finished trials by dev accuracy (then dev loss), failed last."""
+    """One row per trial, ranked: finished trials by dev accuracy, failed last."""
     import pandas as pd
 
     train_json = f"reports/{model}/train.json"
@@ -305,14 +305,12 @@ def results_table(model: str, trials: dict[str, dict[str, Any]], exps: dict[str,
         e = exps[name]
         rows.append({"name": name, "status": "ok" if e["state"] == "success" else "failed",
                      "dev_acc": metric(e, train_json, "dev_acc"),
-                     "dev_loss": metric(e, train_json, "dev_loss"),
                      "best_epoch": metric(e, train_json, "best_epoch"),
                      **{path: overrides[path] for path in space},
                      "error": failure_reason(e["log"]) if e["state"] == "failed" else ""})
     table = pd.DataFrame(rows)
     table["failed"] = table["status"] != "ok"
-    table = table.sort_values(["failed", "dev_acc", "dev_loss"], ascending=[True, False, True],
-                              kind="stable").drop(columns="failed").reset_index(drop=True)
+    table = table.sort_values(["failed", "dev_acc"], ascending=[True, False], kind="stable").drop(columns="failed").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     return table
 
