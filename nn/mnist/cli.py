@@ -210,7 +210,8 @@ def lr_find(
     import pandas as pd
 
     from nn.files import write_bytes
-    from nn.mnist.pictures import png_bytes, xy_chart
+    from nn.mnist.charts import xy_chart
+    from nn.mnist.pictures import png_bytes
     from nn.mnist.tune import dataset_of
     from nn.mnist.tune import lr_find as run
     from stages.common import ParamsError
@@ -266,7 +267,7 @@ def tune(
         _fail(str(e))
         raise typer.Exit(EXIT_TUNE) from None
     except KeyboardInterrupt:
-        _fail("tune: interrupted")
+        _fail("interrupted")
         raise typer.Exit(130) from None
     table = r["table"]
     shown = table.head(5).drop(columns=["error"]) if (table["status"] == "ok").all() else table.head(5)

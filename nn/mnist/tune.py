@@ -329,7 +329,7 @@ def most_influential(table, space: dict[str, Distribution]) -> str | None:
 
 def accuracy_chart(table, space: dict[str, Distribution], model: str):
     """Dev accuracy of every finished trial against the most influential param."""
-    from nn.mnist.pictures import xy_chart
+    from nn.mnist.charts import xy_chart
 
     param = most_influential(table, space)
     ok = table[table["status"] == "ok"]
