@@ -206,6 +206,9 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if head == b"\x93NUMPY":
             raise DataFileError(f"{path}: a bare .npy array, not an .npz archive")
         if not zipfile.is_zipfile(path):
+            if head.startswith(b"PK"):
+                raise DataFileError(f"{path}: corrupt or truncated .npz (its zip directory is "
+                                    f"missing)")
             raise DataFileError(f"{path}: not an .npz archive (not a zip file)")
         with zipfile.ZipFile(path) as z:
             arrays = {}
