@@ -207,7 +207,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise DataFileError(f"{path}: a bare .npy array, not an .npz archive")
         if not zipfile.is_zipfile(path):
             if head.startswith(b"PK"):
-                raise DataFileError(f"{path}: corrupt or truncated .npz (its zip directory is "
+                raise DataFileError(f"{path}: truncated or corrupt .npz (its zip directory is "
                                     f"missing)")
             raise DataFileError(f"{path}: not an .npz archive (not a zip file)")
         with zipfile.ZipFile(path) as z:
@@ -218,7 +218,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 arrays[info.filename[:-len(".npy")]] = _read_member(z, info, path)
             return arrays
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-        raise DataFileError(f"{path}: corrupt or truncated .npz ({e})") from None
+        raise DataFileError(f"{path}: truncated or corrupt .npz ({e})") from None
     except OSError as e:
         raise DataFileError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
 

@@ -242,7 +242,7 @@ def bad_model(tmp_path: Path, kind: str, models) -> Path:
     [
         ("missing", "no such file"),
         ("garbage", "not an .npz archive"),
-        ("truncated", "corrupt or truncated .npz"),
+        ("truncated", "truncated or corrupt .npz"),
         ("input-shape", "input shape (784,) is neither 28x28x1 (one digit) nor 28x56x1 (two digits)"),
         ("no-normalization", "normalization {} is not a finite mean and a positive std"),
     ],
