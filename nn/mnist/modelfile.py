@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
     return x
 
 
-def save(path: str | os.PathLike, model: Sequential, *, normalization: dict,
+def save(path: str | os.PathLike | BinaryIO, model: Sequential, *, normalization: dict,
          input_shape: tuple[int, ...], classes: list[str] | None = None,
          meta: dict | None = None) -> str:
     """Write `model` and its input contract to one .npz; returns the sha256.
