@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -185,6 +187,8 @@ def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") ->
 @contextlib.contextmanager
 def fatal_errors(stage: str, *errors: type[BaseException]) -> Iterator[None]:
     """Turn the expected errors of a stage into one line on stderr and exit status 1."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     try:
         yield
     except (ParamsError, *errors) as e:
