@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test bench demo clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ test: install
 
 bench: install
 	python benchmarks/bench.py
+
+# The drawing demo (nn serve) on http://127.0.0.1:8000/; trains the models first if they are missing.
+demo: install
+	@test -f models/mlp.npz -a -f models/cnn.npz || dvc repro
+	nn serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -22,7 +22,6 @@ import time
 from datetime import date
 
 import numpy as np
-from ruamel.yaml import YAML
 
 from nn.engine import build
 from nn.losses import softmax_cross_entropy
@@ -32,6 +31,13 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def read_params(path: str = os.path.join(ROOT, "params.yaml")) -> dict:
+    try:
+        from ruamel.yaml import YAML  # DVC's parser, as the stages read params.yaml
+    except ImportError:  # bench_gpu.py on a machine with PyYAML only
+        import yaml
+
+        with open(path) as f:
+            return yaml.safe_load(f)
     with open(path) as f:
         return YAML(typ="safe").load(f)
 

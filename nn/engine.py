@@ -1,11 +1,13 @@
-"""Which implementation runs a model: the readable reference layers or the fast CPU engine.
+"""Which implementation runs a model, and where: the readable reference layers or the fast CPU
+engine, on the CPU or (reference layers only, on CuPy arrays) on a GPU.
 
-Both build the same parameters from the same spec and seed, and train to the same math; the
-fast engine is the default for training and inference.
+Both engines build the same parameters from the same spec and seed, and train to the same math;
+the fast engine is the default for training and inference on the CPU.
 """
 
 import numpy as np
 
+from nn.backend import CPU, Device
 from nn.fast import FastSequential
 from nn.model import Sequential
 
@@ -13,8 +15,15 @@ MODELS = {"fast": FastSequential, "reference": Sequential}
 ENGINES = tuple(MODELS)
 
 
-def build(spec: list[dict], rng: np.random.Generator, engine: str = "fast") -> Sequential:
-    """A model from its spec on the chosen engine ("fast" or "reference")."""
+def build(spec: list[dict], rng: np.random.Generator, engine: str = "fast",
+          device: Device = CPU) -> Sequential:
+    """A model from its spec on the chosen engine ("fast" or "reference"), its parameters on
+    `device` (nn.backend; the fast engine is CPU-only). The weights are drawn on the host from
+    `rng` first, so a seed gives the same initial weights on every device."""
     if engine not in MODELS:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return MODELS[engine].from_spec(spec, rng)
+    if engine == "fast" and device.name != "cpu":
+        raise ValueError(f"engine 'fast' runs on the CPU only; device {device.name} needs "
+                         f"engine 'reference'")
+    model = MODELS[engine].from_spec(spec, rng)
+    return model if device is CPU else model.to(device)

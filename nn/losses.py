@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from nn.backend import array_module
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax. logits: (N, K) -> (N, K), same dtype."""
+    xp = array_module(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax. logits: (N, K) -> probabilities (N, K), same dtype."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    e = array_module(logits).exp(logits - logits.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
     return e
 
@@ -41,10 +44,11 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
     torch.nn.functional.cross_entropy(label_smoothing=eps).
     Returns (loss: float, dlogits: (N, K) in the dtype of logits).
     """
-    labels = np.asarray(labels)
+    xp = array_module(logits)
+    labels = xp.asarray(labels)                                   # on the logits' device
     _check(logits, labels, label_smoothing)
     n, k = logits.shape
-    rows = np.arange(n)
+    rows = xp.arange(n)
     log_p = log_softmax(logits)                                   # (N, K)
     nll = -log_p[rows, labels]                                    # (N,)
     if label_smoothing:
@@ -52,7 +56,7 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
         nll = (1.0 - label_smoothing) * nll - (label_smoothing / k) * log_p.sum(axis=1)
     loss = float(nll.mean())
 
-    dlogits = np.exp(log_p)                                       # softmax, reused
+    dlogits = xp.exp(log_p)                                       # softmax, reused
     if label_smoothing:
         dlogits -= label_smoothing / k
         dlogits[rows, labels] -= 1.0 - label_smoothing

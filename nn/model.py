@@ -4,6 +4,7 @@ import inspect
 
 import numpy as np
 
+from nn.backend import Device, array_module, to_numpy
 from nn.layers import LAYERS, Layer
 from nn.losses import softmax
 
@@ -95,12 +96,29 @@ class Sequential:
         """Live non-trainable state (BatchNorm running statistics)."""
         return self._named("buffers")
 
+    def to(self, device: Device) -> "Sequential":
+        """Move parameters and buffers to `device` (an nn.backend.Device); returns self.
+
+        Build the optimiser's state after this (it is made like the parameters). Later batches
+        must be on the same device: `forward` computes with its input's array module.
+        """
+        for layer in self.layers:
+            layer.params = {k: device.asarray(v) for k, v in layer.params.items()}
+            layer.buffers = {k: device.asarray(v) for k, v in layer.buffers.items()}
+            layer.grads, layer.cache = {}, None
+        return self
+
+    @property
+    def device_module(self):
+        """The array module the parameters live in (numpy, or cupy after `.to(gpu)`)."""
+        return next((array_module(v) for v in self.params().values()), np)
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of params and buffers, dotted keys."""
-        return {k: v.copy() for k, v in {**self.params(), **self.buffers()}.items()}
+        """NumPy copies of params and buffers, dotted keys (fetched from the GPU if there)."""
+        return {k: to_numpy(v, copy=True) for k, v in {**self.params(), **self.buffers()}.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy values into the live arrays; strict about keys and shapes."""
+        """Copy values into the live arrays, wherever they live; strict about keys and shapes."""
         live = {**self.params(), **self.buffers()}
         missing = [k for k in live if k not in state]
         if missing:
@@ -113,11 +131,14 @@ class Sequential:
             if value.shape != arr.shape:
                 raise ValueError(f"state dict key {k!r} has shape {value.shape}, expected {arr.shape}")
         for k, arr in live.items():
-            np.copyto(arr, state[k], casting="same_kind")
+            xp = array_module(arr)
+            xp.copyto(arr, xp.asarray(state[k]), casting="same_kind")
 
     def predict_proba(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities in inference mode, batch by batch. x: (N, ...) -> (N, K)."""
-        chunks = [softmax(self.forward(x[i:i + batch_size], training=False))
+        """Class probabilities in inference mode, batch by batch. x: (N, ...) -> (N, K) NumPy,
+        wherever the model lives."""
+        xp = self.device_module
+        chunks = [to_numpy(softmax(self.forward(xp.asarray(x[i:i + batch_size]), training=False)))
                   for i in range(0, len(x), batch_size)]
         return np.concatenate(chunks)
 

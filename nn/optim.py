@@ -4,6 +4,9 @@
 dotted names ("0.W", "3.b"); per-parameter state (`m`, `v`, `t`, momentum buffers)
 is keyed by the same names, so `state_dict()` reads like a checkpoint.
 
+Every update is written against the array module of the parameter (nn.backend), so parameters
+and state may live on the GPU; `state_dict()` always returns NumPy arrays.
+
 Weight decay rule: decay applies to arrays with ndim >= 2 only, i.e. Linear and
 Conv2d weights; biases and BatchNorm's gamma/beta (1-D) are never decayed.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from nn.backend import array_module, to_numpy
 
 
 def decays(param: np.ndarray) -> bool:
@@ -28,7 +33,7 @@ def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     if max_norm <= 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     # BLAS dot: 20x faster than a float64 sum of squares, ~1e-7 relative error at 4e5 entries
-    total = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+    total = math.sqrt(sum(float(array_module(g).dot(g.ravel(), g.ravel())) for g in grads.values()))
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads.values():
@@ -63,12 +68,13 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Flat copy of the state: {"0.W.m": array, "0.W.t": array(3), ...}."""
-        return {f"{name}.{k}": np.array(v) for name, st in self.state.items()
+        """Flat NumPy copy of the state: {"0.W.m": array, "0.W.t": array(3), ...}."""
+        return {f"{name}.{k}": to_numpy(v, copy=True) for name, st in self.state.items()
                 for k, v in st.items()}
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        """Restore the state saved by `state_dict()`."""
+        """Restore the state saved by `state_dict()` (as NumPy arrays: a model on the GPU moves
+        its state there at its next `step`)."""
         self.state = {}
         for key, value in d.items():
             name, _, k = key.rpartition(".")
@@ -97,6 +103,8 @@ class SGD(Optimizer):
             g = g + self.weight_decay * p
         if self.momentum:
             buf = state.get("buf")
+            if buf is not None and array_module(buf) is not array_module(p):  # loaded, GPU model
+                buf = state["buf"] = array_module(p).asarray(buf)
             if buf is None:
                 buf = state["buf"] = g.copy()
             else:
@@ -129,12 +137,15 @@ class Adam(Optimizer):
         self._scratch: dict[str, np.ndarray] = {}
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict) -> None:
+        xp = array_module(p)
         b1, b2 = self.betas
         if not state:
-            state.update(m=np.zeros_like(p), v=np.zeros_like(p), t=0)
+            state.update(m=xp.zeros_like(p), v=xp.zeros_like(p), t=0)
+        elif array_module(state["m"]) is not xp:  # loaded from a state_dict, for a model on the GPU
+            state.update(m=xp.asarray(state["m"]), v=xp.asarray(state["v"]))
         tmp = self._scratch.get(name)
-        if tmp is None or tmp.shape != p.shape:
-            tmp = self._scratch[name] = np.empty_like(p)
+        if tmp is None or tmp.shape != p.shape or array_module(tmp) is not xp:
+            tmp = self._scratch[name] = xp.empty_like(p)
         m, v = state["m"], state["v"]
         state["t"] = t = state["t"] + 1
         if self.weight_decay and decays(p):
@@ -143,18 +154,18 @@ class Adam(Optimizer):
             else:
                 g = g + self.weight_decay * p
         m *= b1
-        m += np.multiply(g, 1.0 - b1, out=tmp)
+        m += xp.multiply(g, 1.0 - b1, out=tmp)
         v *= b2
-        np.multiply(g, g, out=tmp)
+        xp.multiply(g, g, out=tmp)
         tmp *= 1.0 - b2
         v += tmp
         # p -= lr / bc1 * m / (sqrt(v / bc2) + eps), with sqrt(bc2) moved out of the
         # denominator (Kingma & Ba's "efficient version"): one pass over the arrays fewer
         bc1 = 1.0 - b1 ** t
         sqrt_bc2 = math.sqrt(1.0 - b2 ** t)
-        np.sqrt(v, out=tmp)
+        xp.sqrt(v, out=tmp)
         tmp += self.eps * sqrt_bc2
-        np.divide(m, tmp, out=tmp)
+        xp.divide(m, tmp, out=tmp)
         tmp *= self.lr * sqrt_bc2 / bc1
         p -= tmp
 

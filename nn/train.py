@@ -1,4 +1,4 @@
-"""The training loop: seeded shuffling, mini-batches, history, early stopping."""
+"""The training loop: seeded shuffling, mini-batches, history, early stopping, on the CPU or a GPU."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from nn.backend import CPU, Device
 from nn.losses import log_softmax, softmax_cross_entropy
 from nn.optim import clip_grad_norm
 
 
+TRANSFERS = ("batch", "once")  # how training data reach the device: see fit
 # A batch's mean cross-entropy above this is a run that has blown up: a uniform guess scores
 # log(classes), under 5 for 100 classes, and a logit gap of 10,000 is no model.
 ABSURD_LOSS = 1e4
@@ -21,19 +23,22 @@ class DivergedError(RuntimeError):
     """The loss became absurd (NaN, infinite, or above ABSURD_LOSS) or the weights non-finite."""
 
 
-def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` in inference mode.
+def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
+             device: Device = CPU) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` (its parameters on `device`) in inference mode.
 
-    x: (N, ...) float32 inputs; y: (N,) int labels. Returns (loss, accuracy in [0, 1]).
+    x: (N, ...) float32 inputs; y: (N,) int labels, NumPy or on the device. Returns
+    (loss, accuracy in [0, 1]) as Python floats.
     """
+    xp = device.xp
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate needs matching non-empty x and y, got {len(x)} and {len(y)}")
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        logits = model.forward(x[start:start + batch_size], training=False)
-        yb = y[start:start + batch_size]
+        logits = model.forward(device.asarray(x[start:start + batch_size]), training=False)
+        yb = device.asarray(y[start:start + batch_size])
         log_p = log_softmax(logits)
-        total_loss -= float(log_p[np.arange(len(yb)), yb].sum(dtype=np.float64))
+        total_loss -= float(log_p[xp.arange(len(yb)), yb].sum(dtype=np.float64))
         correct += int((logits.argmax(axis=1) == yb).sum())
     return total_loss / len(x), correct / len(x)
 
@@ -52,6 +57,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         epochs: int, batch_size: int, rng: np.random.Generator,
         schedule=None, augment: Callable | None = None, label_smoothing: float = 0.0,
         clip_norm: float | None = None, early_stopping_patience: int | None = None,
+        device: Device = CPU, transfer: str = "batch",
         on_epoch: Callable[[dict], None] | None = None,
         on_step: Callable[[int, int, float], None] | None = None) -> list[dict]:
     """Train `model` in place with mini-batch gradient descent; returns the per-epoch history.
@@ -64,7 +70,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     Each record: epoch (1-based), loss (mean training loss), train_acc (running accuracy
     over the epoch's batches in training mode, i.e. while the weights change: cheap, not
     a separate pass), dev_loss and dev_acc (inference mode; None without a dev set),
-    lr (that of the epoch's first step), seconds.
+    lr (that of the epoch's first step), seconds; all Python numbers, wherever the model lives.
+    `device` is where the model's parameters live (nn.backend; `model.to(device)` first). The
+    data arrive as NumPy, and `transfer` says how they reach the device: "batch" cuts and
+    augments each batch on the host and copies it there; "once" copies the training set there
+    before the first epoch and cuts and augments the batches there. Shuffling, shifts and
+    dropout masks are drawn on the host from `rng` either way, so both see the same batches.
     With early_stopping_patience=p, training stops after p epochs without a better dev
     accuracy, and the weights of the best epoch are restored at the end.
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
@@ -83,6 +94,11 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         raise ValueError("early stopping needs a dev set (x_dev, y_dev)")
     if len(x_train) == 0:
         raise ValueError("train: no examples")
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
+    xp = device.xp
+    if transfer == "once":  # the batches below then index arrays on the device
+        x_train, y_train = device.asarray(x_train), device.asarray(y_train)
 
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -97,9 +113,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         loss_sum, correct = 0.0, 0
         for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
+            if transfer == "once":
+                idx = device.asarray(idx)
             xb, yb = x_train[idx], y_train[idx]          # copies one batch only
             if augment is not None:
                 xb = augment(xb, rng)
+            xb, yb = device.asarray(xb), device.asarray(yb)  # no copy if there already
             if schedule is not None:
                 optimizer.lr = float(schedule(global_step))
             if epoch_lr is None:
@@ -122,11 +141,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             if on_step is not None:
                 on_step(step + 1, steps_per_epoch, loss)
 
-        bad = [k for k, p in model.params().items() if not np.isfinite(p).all()]
+        bad = [k for k, p in model.params().items() if not bool(xp.isfinite(p).all())]
         if bad:
             raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
                                 f"in epoch {epoch} (lr {optimizer.lr:g})")
-        dev_loss, dev_acc = evaluate(model, x_dev, y_dev, batch_size) if has_dev else (None, None)
+        dev_loss, dev_acc = (evaluate(model, x_dev, y_dev, batch_size, device) if has_dev
+                             else (None, None))
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
                   "dev_loss": dev_loss, "dev_acc": dev_acc, "lr": epoch_lr,
                   "seconds": time.perf_counter() - start_time}

@@ -10,17 +10,18 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from tqdm import tqdm
 
 from nn import engine, optim
 from nn.augment import random_shift
+from nn.backend import DEVICES, DeviceError, get_device
 from nn.engine import ENGINES
 from nn.files import Array, load_npz, write_together
 from nn.mnist.modelfile import normalize, save
 from nn.model import Sequential
 from nn.schedules import make_schedule
-from nn.train import DivergedError, fit
+from nn.train import TRANSFERS, DivergedError, fit
 from stages.common import (Bool, Float, Int, Params, ParamsError, Str, fatal_errors, finite,
                            load_params, param_error)
 
@@ -73,10 +74,19 @@ class TrainParams(Params):
         tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...],
         AfterValidator(_buildable)]
     engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
+    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays, reference engine
+    transfer: Literal[TRANSFERS] = "batch"                 # gpu: data copied per batch or once
     label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
+
+    @model_validator(mode="after")
+    def _engine_runs_on_device(self):
+        if self.device != "cpu" and self.engine == "fast":
+            raise param_error("engine", f"'fast' runs on the CPU only; device {self.device} "
+                                        f"needs engine 'reference'")
+        return self
 
 
 def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
@@ -116,8 +126,9 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
-    with fatal_errors(stage, DivergedError, OSError, ValueError):
+    with fatal_errors(stage, DivergedError, DeviceError, OSError, ValueError):
         p = load_params(TrainParams, model, params)
+        device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
         x_train, y_train = load_split(data, "train")
         x_dev, y_dev = load_split(data, "dev")
         if x_dev.shape[1:] != x_train.shape[1:]:
@@ -130,7 +141,7 @@ def main(
         rng = np.random.default_rng(p.seed)
         input_shape = (*x_train.shape[1:], 1)
         try:
-            net = engine.build(list(p.layers), rng, engine=p.engine)
+            net = engine.build(list(p.layers), rng, engine=p.engine, device=device)
             summary = net.summary(input_shape)
         except ValueError as e:
             raise ParamsError(f"{model}.layers{_layer_message(e)}") from None
@@ -186,7 +197,7 @@ def main(
                           augment=augment if p.max_shift else None,
                           label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
                           early_stopping_patience=p.early_stopping_patience,
-                          on_epoch=on_epoch, on_step=None if bar.disable else on_step)
+                          device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
         best = max(r["dev_acc"] for r in records)
         with write_together() as outputs:  # the model and its history, or neither
@@ -196,7 +207,8 @@ def main(
                                             "best_dev_acc": best})
             outputs.write_bytes(history, history_csv(records))
         print(f"{stage}: best dev accuracy {best:.4f} -> {out}, {history}")
-        print(f"{stage}: trained on the {p.engine} engine in {time.perf_counter() - start:.1f} s")
+        print(f"{stage}: trained on the {p.engine} engine ({p.device}) in "
+              f"{time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

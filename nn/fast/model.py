@@ -35,6 +35,13 @@ class FastSequential(Sequential):
                 if j < len(self.layers) and isinstance(self.layers[j], MaxPool2d) and self.layers[j].is_2x2:
                     self._pool_pairs[i] = j
 
+    def to(self, device):
+        """The engine is NumPy code with CPU threads: it stays on the CPU."""
+        if device.name != "cpu":
+            raise ValueError(f"the fast engine runs on the CPU only, not on device {device.name}; "
+                             f"use the reference engine there")
+        return super().to(device)
+
     def _blas_mode(self):
         """One-threaded BLAS for the whole pass if a convolution runs on our own threads."""
         threaded = any(isinstance(layer, Conv2d) and threads.uses_threads(layer.params["W"][..., 0].size)

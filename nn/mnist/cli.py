@@ -22,13 +22,12 @@ app = typer.Typer(
 
 EXIT_SOME_FAILED = 1  # some images could not be predicted; the others were
 EXIT_MODEL = 2  # the model could not be used; nothing was predicted
-BATCH_SIZE = 256  # images per forward pass: bounds memory, not a hyperparameter
 
 
 @app.callback()
 def main() -> None:
     """From-scratch NumPy neural networks on MNIST and MNIST-100."""
-    # A callback keeps `predict` a subcommand (`nn predict ...`) while it is the only one.
+    # A callback keeps the commands subcommands (`nn predict ...`, `nn serve`).
 
 
 def _fail(message: str) -> None:
@@ -103,9 +102,8 @@ def predict(
     import io
     import sys
 
-    import numpy as np
-
-    from nn.mnist import modelfile
+    from nn.mnist.classify import load_classifier, prediction_json, rank
+    from nn.mnist.modelfile import ModelFileError
     from nn.mnist.preprocess import ImageError, preprocess
 
     if show_input is not None and not force:  # before any work: the user's files are safe
@@ -117,27 +115,17 @@ def predict(
     stdin = sys.stdin.buffer.read() if any(str(p) == "-" for p in images) else b""
 
     try:
-        net, info = modelfile.load(model, engine=engine)
-    except modelfile.ModelFileError as e:
-        message = str(e)  # the messages start with the path; make sure of it
-        _fail(message if message.startswith(str(model)) else f"{model}: {message}")
+        classifier = load_classifier(model, engine=engine)
+    except ModelFileError as e:
+        _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
-    shape = tuple(info.input_shape)
-    if len(shape) != 3 or shape[0] != 28 or shape[1] not in (28, 56) or shape[2] != 1:
-        _fail(f"{model}: input shape {shape} is neither 28x28x1 (one digit) nor 28x56x1 (two digits)")
-        raise typer.Exit(EXIT_MODEL)
-    width = shape[1]
-    norm = info.normalization
-    if not isinstance(norm, dict) or not all(type(norm.get(k)) in (int, float) for k in ("mean", "std")):
-        _fail(f"{model}: normalization {norm!r} lacks a numeric mean and std")
-        raise typer.Exit(EXIT_MODEL)
 
     results: list[dict] = []  # per image, in argument order: {"file", "error"} or {"file", "input"}
     for path in images:
         notes: list[str] = []
         try:
             source = io.BytesIO(stdin) if str(path) == "-" else path
-            results.append({"file": str(path), "input": preprocess(source, width, notes),
+            results.append({"file": str(path), "input": preprocess(source, classifier.width, notes),
                             "warning": notes[0] if notes else None})
         except ImageError as e:
             results.append({"file": str(path), "error": str(e)})
@@ -146,13 +134,10 @@ def predict(
 
     good = [r for r in results if "input" in r]
     if good:
-        x = modelfile.normalize(np.stack([r["input"] for r in good]), info.normalization)
-        proba = net.predict_proba(x, batch_size=BATCH_SIZE)  # (N, classes)
-        classes = info.classes or [str(i) for i in range(proba.shape[1])]
-        k = min(top_k, len(classes))
-        ranks = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-        for r, p, order in zip(good, proba, ranks):
-            r["top"] = [(classes[i], float(p[i])) for i in order]
+        import numpy as np
+
+        for r, top in zip(good, rank(classifier, np.stack([r["input"] for r in good]), top_k)):
+            r["top"] = top
 
     for r in results:
         if "error" in r:
@@ -162,13 +147,8 @@ def predict(
         out = [
             {"file": r["file"], "error": r["error"]}
             if "error" in r
-            else {
-                "file": r["file"],
-                "label": r["top"][0][0],
-                "probability": round(r["top"][0][1], 6),
-                "top_k": [{"label": lab, "probability": round(q, 6)} for lab, q in r["top"]],
-                **({"warning": r["warning"]} if r["warning"] else {}),
-            }
+            else {"file": r["file"], **prediction_json(r["top"]),
+                  **({"warning": r["warning"]} if r["warning"] else {})}
             for r in results
         ]
         # one object per line: valid JSON for a parser, readable and greppable for a person
@@ -179,6 +159,49 @@ def predict(
                 typer.echo(_format_text(r["file"], r["top"], r["warning"]))
     if write_failed or any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help=SERVE_HOST_HELP)] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    mlp: Annotated[Path, typer.Option(help="One-digit model (28x28).")] = Path("models/mlp.npz"),
+    cnn: Annotated[Path, typer.Option(help="Two-digit model (28x56).")] = Path("models/cnn.npz"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not log each request.")] = False,
+    engine: Annotated[
+        Literal["fast", "reference"], typer.Option(help="Which implementation runs the models.")
+    ] = "fast",
+) -> None:
+    """Serve a web page to draw a digit or a two-digit number and see the networks read it.
+
+    Loads both models once, then answers until Ctrl-C. Exit status 2 if a model cannot be
+    loaded, 1 if the address cannot be bound.
+    """
+    from nn.mnist import serve as web
+    from nn.mnist.modelfile import ModelFileError
+
+    try:
+        models = web.load_models({"mlp": mlp, "cnn": cnn}, engine=engine)
+    except ModelFileError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_MODEL) from None
+    try:
+        server = web.Server((host, port), models, quiet=quiet)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port} ({(e.strerror or str(e)).lower()})")
+        raise typer.Exit(1) from None
+    if not web.is_loopback(host):
+        typer.echo(f"warning: listening on {host}, not only this machine: anyone who can reach it "
+                   "can use the demo", err=True)
+    typer.echo(f"nn serve: {server.url}  (Ctrl-C to stop)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ does that:
     normalize_digit(ink)   -> (28, 28) uint8, as MNIST
     split_digits(ink)      -> (left ink, right ink)
     preprocess(source, width) -> (28, width) uint8; width 28 = one digit, 56 = two digits
+    preprocess_explained(source, width) -> the same and a Diagnostics: where the digits
+                              were found, how they were split, whether the ink touches the edge
 
 MNIST-100 images are two such 28x28 digits side by side, so each digit of a two-digit
 image is normalized into its own half.
@@ -21,7 +23,8 @@ import math
 import os
 import re
 import warnings
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,6 +44,22 @@ MAX_ASPECT = 10  # a longer side more than this many times the shorter gets a wa
 MIN_INK_PIXELS = 10  # fewer inked pixels than this is a speck, not a digit: a warning
 
 Source = str | os.PathLike | IO[bytes] | Image.Image
+
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1 and y1 exclusive
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """How `preprocess` read an image: what a person needs to see why a prediction went wrong.
+
+    Boxes are in the pixels of `size`, the image as read (a huge photo is box-reduced first).
+    """
+
+    size: tuple[int, int]  # (width, height)
+    boxes: list[Box]  # the ink's bounding box of each digit, left to right
+    split: Literal["gap", "components", "halves"] | None  # how two digits were separated
+    touches_edge: bool  # the ink reaches the image's border: part of a digit may be cut off
 
 
 class ImageError(ValueError):
@@ -283,17 +302,15 @@ def _split_by_components(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     return ink * left, ink * right
 
 
-def split_digits(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split a two-digit image into its left and right digit. ink: (H, W) -> two (H, w_i).
+Piece = tuple[np.ndarray, tuple[int, int]]  # a digit's ink and the (row, column) of its corner
 
-    In order of preference: the widest run of empty columns that leaves at least
-    MIN_SIDE_INK of the ink on each side (a stray speck is not a digit); else the ink's
-    connected regions grouped into left and right (digits that overlap in columns);
-    else, for digits that touch, the two halves of the ink's bounding box.
-    """
+
+def _split(ink: np.ndarray) -> tuple[Piece, Piece, Literal["gap", "components", "halves"]]:
+    """split_digits, with where each side lies in `ink` and which rule split it."""
     box = _ink_box(ink)
     if box is None:
         raise BlankImageError("blank image: no ink found")
+    x0 = box[1].start
     cols = ink[:, box[1]]
     profile = cols.sum(axis=0)  # (w,) ink per column
     inked = (cols > INK_THRESHOLD).any(axis=0)
@@ -307,12 +324,33 @@ def split_digits(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             best = (end - start, start, end)
     if best is not None:
         _, start, end = best
-        return cols[:, :start], cols[:, end:]
+        return (cols[:, :start], (0, x0)), (cols[:, end:], (0, x0 + end)), "gap"
     grouped = _split_by_components(ink[box])
     if grouped is not None:
-        return grouped
+        corner = (box[0].start, x0)
+        return (grouped[0], corner), (grouped[1], corner), "components"
     half = max(1, cols.shape[1] // 2)
-    return cols[:, :half], cols[:, half:]
+    return (cols[:, :half], (0, x0)), (cols[:, half:], (0, x0 + half)), "halves"
+
+
+def split_digits(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a two-digit image into its left and right digit. ink: (H, W) -> two (H, w_i).
+
+    In order of preference: the widest run of empty columns that leaves at least
+    MIN_SIDE_INK of the ink on each side (a stray speck is not a digit); else the ink's
+    connected regions grouped into left and right (digits that overlap in columns);
+    else, for digits that touch, the two halves of the ink's bounding box.
+    """
+    (left, _), (right, _), _ = _split(ink)
+    return left, right
+
+
+def _box_of(piece: Piece) -> Box:
+    ink, (row, col) = piece
+    box = _ink_box(ink)
+    if box is None:
+        raise BlankImageError("blank image: no ink found")
+    return (int(col + box[1].start), int(row + box[0].start), int(col + box[1].stop), int(row + box[0].stop))
 
 
 def degenerate(ink: np.ndarray) -> str | None:
@@ -335,13 +373,25 @@ def preprocess(source: Source, width: int = SIZE, notes: list[str] | None = None
     Raises NotAnImageError, ImageTooLargeError, BlankImageError (all ImageError) and,
     for a missing file, FileNotFoundError.
     """
+    return preprocess_explained(source, width, notes)[0]
+
+
+def preprocess_explained(source: Source, width: int = SIZE, notes: list[str] | None = None
+                         ) -> tuple[np.ndarray, Diagnostics]:
+    """preprocess, and how it read the image. -> ((28, width) uint8, Diagnostics)."""
     if width not in (SIZE, 2 * SIZE):
         raise ValueError(f"width must be {SIZE} (one digit) or {2 * SIZE} (two digits), not {width}")
     ink = ink_map(read_gray(source))
     doubt = degenerate(ink)
     if doubt and notes is not None:
         notes.append(doubt)
+    h, w = ink.shape
     if width == SIZE:
-        return normalize_digit(ink)
-    left, right = split_digits(ink)
-    return np.concatenate([normalize_digit(left), normalize_digit(right)], axis=1)
+        pieces, split = [(ink, (0, 0))], None
+    else:
+        left, right, split = _split(ink)
+        pieces = [left, right]
+    boxes = [_box_of(p) for p in pieces]
+    x = np.concatenate([normalize_digit(p[0]) for p in pieces], axis=1)
+    touches_edge = any(x0 == 0 or y0 == 0 or x1 == w or y1 == h for x0, y0, x1, y1 in boxes)
+    return x, Diagnostics(size=(w, h), boxes=boxes, split=split, touches_edge=touches_edge)

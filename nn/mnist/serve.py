@@ -1,0 +1,318 @@
+"""`nn serve`: a local web page to draw a digit or a two-digit number and watch the networks read it.
+
+Standard library only (http.server) around the same path as `nn predict`: nn.mnist.classify
+loads each model once at start, nn.mnist.preprocess reads each image. The page is one static
+file, serve.html, beside this module; nothing is fetched from elsewhere, so it works offline.
+
+    GET  /, /index.html   the page
+    GET  /api/health      {"status": "ok", "models": {"mlp": {...}, "cnn": {...}}}
+    POST /api/predict     an image -> nn predict's JSON object plus "model" and "diagnostics"
+
+The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn&top_k=5), or
+a JSON body {"image": "data:image/png;base64,...", "model": "cnn", "top_k": 5}.
+Every error is JSON, {"error": "one line"}, with its status: 400 malformed request or not an
+image, 403 a cross-origin POST, 404, 405, 411 no Content-Length, 413 body or image too large,
+422 blank image, 500 a bug (logged; the server keeps serving).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+
+from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
+from nn.mnist.modelfile import ModelFileError
+from nn.mnist.pictures import png_bytes
+from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
+
+MAX_BODY = 10 * 1024 * 1024  # bytes: a drawing is ~10 kB, a phone photo a few MB
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 100
+REQUEST_TIMEOUT = 10  # seconds a client may take to send its request
+PAGE = "serve.html"
+
+
+class RequestError(Exception):
+    """A request the server refuses; `status` and a one-line message for the client."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Model:
+    """A loaded classifier and the lock that serialises its forward passes.
+
+    The layers keep caches and the fast engine reuses scratch buffers, so one model must not
+    run two forward passes at once; preprocessing, most of a request's time, runs in parallel.
+    """
+
+    classifier: Classifier
+    lock: threading.Lock
+
+
+def load_models(paths: dict[str, Path], engine: str = "fast") -> dict[str, Model]:
+    """Load each model once ({"mlp": path, "cnn": path}) on `engine`; ModelFileError (one line)
+    if any fails.
+
+    The MLP must read one digit (28x28) and the CNN two (28x56): the page picks by that.
+    """
+    expected = {"mlp": 28, "cnn": 56}
+    models = {}
+    for name, path in paths.items():
+        classifier = load_classifier(path, engine=engine)
+        want = expected.get(name)
+        if want is not None and classifier.width != want:
+            raise ModelFileError(f"{path}: reads 28x{classifier.width} images, but --{name} "
+                                 f"needs a {'one' if want == 28 else 'two'}-digit model (28x{want})")
+        models[name] = Model(classifier, threading.Lock())
+    return models
+
+
+def decode_image(body: bytes, content_type: str) -> tuple[bytes, dict]:
+    """The image bytes of a request body and the JSON fields beside it ({} for a raw body)."""
+    if not body:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "empty body: send an image")
+    fields: dict = {}
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            fields = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON ({e})") from None
+        if not isinstance(fields, dict) or not isinstance(fields.get("image"), str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, 'JSON body needs "image": a data URL or base64 string')
+        text = fields.pop("image")
+    elif body[:5] == b"data:":
+        text = body.decode("ascii", errors="replace")
+    else:
+        return body, fields
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "data URL must be base64 (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(text, validate=True), fields
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed base64 ({e})") from None
+
+
+def _option(query: dict, fields: dict, name: str, default):
+    """A request option from the JSON body, else the query string, else the default."""
+    if name in fields:
+        return fields[name]
+    if name in query:
+        return query[name][-1]
+    return default
+
+
+def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
+    """One image through the same path as `nn predict`. -> the response object."""
+    if not isinstance(model, str) or model not in models:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
+    if isinstance(top_k, str) and top_k.isdigit():
+        top_k = int(top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"top_k must be an integer from 1 to {MAX_TOP_K}, not {top_k!r}")
+    m = models[model]
+    try:
+        x, diag = preprocess_explained(io.BytesIO(image), m.classifier.width)
+    except ImageTooLargeError as e:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
+    except BlankImageError as e:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+    except ImageError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    with m.lock:
+        top = rank(m.classifier, x[None], top_k)[0]
+    warnings = []
+    if diag.touches_edge:
+        warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
+    if diag.split == "halves":
+        warnings.append("the digits touch: they were split down the middle of the ink")
+    return {
+        "model": model,
+        **prediction_json(top),
+        "diagnostics": {
+            "input": "data:image/png;base64," + base64.b64encode(png_bytes(Image.fromarray(x))).decode(),
+            "input_shape": list(x.shape),
+            "size": list(diag.size),
+            "boxes": [list(b) for b in diag.boxes],
+            "split": diag.split,
+            "warnings": warnings,
+        },
+    }
+
+
+def health(models: dict[str, Model]) -> dict:
+    return {
+        "status": "ok",
+        "max_body": MAX_BODY,
+        "models": {
+            name: {"path": str(m.classifier.path), "input_shape": list(m.classifier.info.input_shape),
+                   "classes": len(m.classifier.classes), "sha256": m.classifier.info.sha256}
+            for name, m in models.items()
+        },
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes by exact path: no file system is ever mapped, so there is nothing to list or traverse."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: the page predicts as the user draws
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+    timeout = REQUEST_TIMEOUT
+    server: "Server"
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the base class finds (bad request line, unknown method, huge headers): JSON too."""
+        self.log_error("%d %s", code, message)
+        body = _json({"error": message or HTTPStatus(code).phrase})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def _dispatch(self, method: str) -> None:
+        start = time.perf_counter()
+        url = urlsplit(self.path)
+        routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
+                  "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict)}
+        try:
+            if url.path not in routes:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"not found: {url.path}")
+            allowed, handle = routes[url.path]
+            if method != allowed:
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed on {url.path} (use {allowed})")
+            status, content_type, body = handle(parse_qs(url.query))
+        except RequestError as e:
+            status, content_type, body = e.status, "application/json", _json({"error": str(e)})
+        except Exception:  # noqa: BLE001 -- a bug must cost one request, not the server
+            self.log_error("%s", traceback.format_exc().rstrip())
+            status, content_type, body = (HTTPStatus.INTERNAL_SERVER_ERROR, "application/json",
+                                          _json({"error": "internal error (see the server's log)"}))
+            self.close_connection = True
+        # logged before the answer goes out, so the line is there when the client has its answer
+        self.server.log(f"{method} {url.path} {int(status)} {(time.perf_counter() - start) * 1e3:.0f} ms")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+                         "style-src 'unsafe-inline'; img-src data: blob:; connect-src 'self'")
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", routes[url.path][0])
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _page(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return HTTPStatus.OK, "text/html; charset=utf-8", self.server.page
+
+    def _health(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return HTTPStatus.OK, "application/json", _json(health(self.server.models))
+
+    def _predict(self, query) -> tuple[HTTPStatus, str, bytes]:
+        origin = self.headers.get("Origin")
+        if origin and urlsplit(origin).netloc != self.headers.get("Host"):
+            self.close_connection = True  # the body is not read
+            raise RequestError(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin} refused")
+        image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
+        model = _option(query, fields, "model", "cnn")
+        top_k = _option(query, fields, "top_k", DEFAULT_TOP_K)
+        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k))
+
+    def _body(self) -> bytes:
+        """The request body, refused before reading if it is too large or has no length."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        if not length.isdigit():
+            self.close_connection = True
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
+        if int(length) > MAX_BODY:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"body of {int(length):,} bytes is over the limit of {MAX_BODY:,}")
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            self.close_connection = True
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
+        return body
+
+    def log_request(self, code="-", size="-") -> None:
+        pass  # _dispatch logs each request with its time instead
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the base class's name
+        print(f"{self.address_string()}: {format % args}", file=sys.stderr, flush=True)  # errors only
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+class Server(ThreadingHTTPServer):
+    """The demo's HTTP server: the loaded models and the page, shared by all request threads."""
+
+    daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
+
+    def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
+        self.models = models
+        self.page = resources.files(__package__).joinpath(PAGE).read_bytes()
+        self.quiet = quiet
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, Handler)
+
+    def log(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

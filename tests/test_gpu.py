@@ -1,0 +1,166 @@
+"""The reference layers, losses and optimisers on CuPy arrays against the same code on NumPy; a
+short training on the GPU; a GPU-trained model file loaded and predicted on the CPU.
+
+Skipped without CuPy and a CUDA device (CI); run on a GPU machine with
+`python3 -m pytest -q tests/test_gpu.py`. Imports nothing beyond nn/, NumPy and CuPy.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+from nn.augment import random_shift
+from nn.backend import CPU, DeviceError, get_device, to_numpy
+from nn.engine import build
+from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
+                       ReLU)
+from nn.losses import softmax_cross_entropy
+from nn.mnist.modelfile import load, save
+from nn.model import Sequential
+from nn.optim import SGD, Adam, AdamW, clip_grad_norm
+from nn.train import evaluate, fit
+
+try:
+    GPU = get_device("gpu")
+except DeviceError as e:
+    pytest.skip(f"no GPU: {e}", allow_module_level=True)
+
+F64 = dict(rtol=1e-9, atol=1e-10)
+
+
+def layers(rng):
+    """(layer, input shape) for every layer type, float64 (Dropout: float32 masks are drawn)."""
+    d = np.float64
+    return [
+        (Linear(6, 4, rng=rng, dtype=d), (5, 6)),
+        (Conv2d(3, 4, 3, padding="same", rng=rng, dtype=d), (2, 7, 9, 3)),
+        (Conv2d(2, 3, (3, 2), stride=2, padding=1, rng=rng, dtype=d), (2, 8, 7, 2)),
+        (MaxPool2d(2), (2, 6, 8, 3)),
+        (MaxPool2d(3, stride=2), (2, 7, 9, 2)),
+        (ReLU(), (4, 5)),
+        (Dropout(0.4, rng=np.random.default_rng(3)), (6, 7)),
+        (Flatten(), (2, 3, 4, 2)),
+        (BatchNorm1d(5, dtype=d), (8, 5)),
+        (BatchNorm2d(3, dtype=d), (2, 4, 5, 3)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+def test_every_layer_forward_and_gradients_match_the_cpu(index):
+    rng = np.random.default_rng(index)
+    cpu, shape = layers(np.random.default_rng(0))[index]
+    gpu = copy.deepcopy(cpu)  # same weights and, for Dropout, a Generator in the same state
+    Sequential([gpu]).to(GPU)
+    x = rng.standard_normal(shape)
+    x[x.size // 2:] = np.round(x[x.size // 2:])  # ties for MaxPool's first-maximum rule
+    out = cpu.forward(x, training=True)
+    out_gpu = gpu.forward(GPU.asarray(x), training=True)
+    np.testing.assert_allclose(to_numpy(out_gpu), out, **F64)
+    dout = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(to_numpy(gpu.backward(GPU.asarray(dout))), cpu.backward(dout), **F64)
+    for k, g in cpu.grads.items():
+        np.testing.assert_allclose(to_numpy(gpu.grads[k]), g, **F64, err_msg=k)
+    for k, b in cpu.buffers.items():
+        np.testing.assert_allclose(to_numpy(gpu.buffers[k]), b, **F64, err_msg=k)
+    np.testing.assert_allclose(to_numpy(gpu.forward(GPU.asarray(x), training=False)),
+                               cpu.forward(x, training=False), **F64)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_loss_matches_the_cpu(smoothing):
+    rng = np.random.default_rng(1)
+    logits, labels = rng.standard_normal((7, 5)) * 4, rng.integers(0, 5, 7)
+    loss, d = softmax_cross_entropy(logits, labels, smoothing)
+    loss_gpu, d_gpu = softmax_cross_entropy(GPU.asarray(logits), GPU.asarray(labels), smoothing)
+    assert loss_gpu == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(to_numpy(d_gpu), d, **F64)
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.01, weight_decay=0.1), lambda: AdamW(0.01, weight_decay=0.1),
+                                  lambda: SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1)])
+def test_optimizers_and_clipping_match_the_cpu_and_keep_state_on_the_gpu(make):
+    rng = np.random.default_rng(2)
+    params = {"0.W": rng.standard_normal((4, 3)), "0.b": rng.standard_normal(3)}
+    on_gpu = {k: GPU.asarray(v) for k, v in params.items()}
+    opt, opt_gpu = make(), make()
+    for _ in range(3):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        grads_gpu = {k: GPU.asarray(v) for k, v in grads.items()}
+        assert clip_grad_norm(grads_gpu, 1.0) == pytest.approx(clip_grad_norm(grads, 1.0), rel=1e-12)
+        opt.step(params, grads)
+        opt_gpu.step(on_gpu, grads_gpu)
+    for k, v in params.items():
+        np.testing.assert_allclose(to_numpy(on_gpu[k]), v, **F64, err_msg=k)
+    state = opt_gpu.state_dict()
+    assert all(type(v) is np.ndarray for v in state.values())
+    resumed = make()
+    resumed.load_state_dict(state)  # NumPy state, moved to the GPU by the next step
+    resumed.step(on_gpu, {k: GPU.asarray(np.ones_like(v)) for k, v in params.items()})
+    assert all(type(a).__module__.startswith("cupy") for st in resumed.state.values()
+               for k, a in st.items() if k != "t")
+
+
+def test_random_shift_on_the_gpu_is_the_cpu_shift():
+    x = np.random.default_rng(4).standard_normal((64, 28, 56, 1)).astype(np.float32)
+    expected = random_shift(x, 2, np.random.default_rng(9), fill=-0.4)
+    got = random_shift(GPU.asarray(x), 2, np.random.default_rng(9), fill=-0.4)
+    np.testing.assert_array_equal(to_numpy(got), expected)
+
+
+SPEC = [
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 8, "kernel_size": 3, "padding": "same"},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 8 * 7 * 7, "out_features": 32},
+    {"type": "BatchNorm1d", "num_features": 32},
+    {"type": "ReLU"},
+    {"type": "Dropout", "p": 0.2},
+    {"type": "Linear", "in_features": 32, "out_features": 10},
+]
+
+
+def toy_digits(n=1200, seed=0):
+    """14x14 images with a bright bar whose row is the label: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.normal(0, 0.3, (n, 14, 14, 1)).astype(np.float32)
+    x[np.arange(n), 2 + y, :, 0] += 2
+    return x, y
+
+
+def train(device, transfer="batch"):
+    x, y = toy_digits()
+    rng = np.random.default_rng(5)
+    model = build(SPEC, rng, "reference", device=device)
+    history = fit(model, AdamW(0.003, weight_decay=1e-4), x[:1000], y[:1000], x[1000:], y[1000:],
+                  epochs=3, batch_size=64, rng=rng,
+                  device=device, transfer=transfer)
+    return model, history
+
+
+@pytest.mark.parametrize("transfer", ["batch", "once"])
+def test_a_short_training_on_the_gpu_learns_and_follows_the_cpu(transfer):
+    model, history = train(GPU, transfer)
+    cpu_model, cpu_history = train(CPU)
+    assert history[-1]["dev_acc"] >= 0.9, history
+    for r, c in zip(history, cpu_history):  # same batches and masks; rounding differs
+        assert r["loss"] == pytest.approx(c["loss"], rel=1e-3)
+    state = model.state_dict()
+    assert all(type(v) is np.ndarray for v in state.values())
+    for k, v in cpu_model.state_dict().items():
+        np.testing.assert_allclose(state[k], v, rtol=1e-2, atol=1e-3, err_msg=k)
+
+
+def test_a_gpu_trained_model_file_loads_and_predicts_on_the_cpu(tmp_path):
+    model, _ = train(GPU)
+    x, y = toy_digits(seed=1)
+    path = tmp_path / "gpu.npz"
+    save(path, model, normalization={"mean": 0.0, "std": 1.0}, input_shape=(14, 14, 1),
+         classes=[str(c) for c in range(10)], meta={"device": "gpu"})
+    for engine in ("fast", "reference"):
+        cpu_model, info = load(path, engine=engine)
+        assert info.meta == {"device": "gpu"}
+        np.testing.assert_allclose(cpu_model.predict_proba(x), model.predict_proba(x), rtol=1e-4, atol=1e-5)
+        assert evaluate(cpu_model, x, y)[1] == pytest.approx(evaluate(model, x, y, device=GPU)[1], abs=0.002)

@@ -1,0 +1,375 @@
+"""`nn serve` (nn/mnist/serve.py): the API against a real server on an ephemeral port, and the command."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import servefakes
+from nn.mnist import serve as web
+from nn.mnist.cli import app
+from nn.mnist.preprocess import preprocess, preprocess_explained
+from servefakes import drawing, rendered, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory) -> dict[str, Path]:
+    return servefakes.untrained_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def server(model_paths):
+    with running_server(model_paths) as s:
+        yield s
+
+
+def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """-> (status, parsed JSON or raw bytes, response headers); a new connection per call."""
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        parsed = json.loads(data) if r.getheader("Content-Type") == "application/json" else data
+        return r.status, parsed, dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def post(server, body: bytes, model: str = "cnn", content_type: str = "image/png", **query):
+    query = "&".join(f"{k}={v}" for k, v in {"model": model, **query}.items())
+    return request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})
+
+
+def raw(server, data: bytes) -> bytes:
+    """Send bytes as they are (for what http.client will not send) and return the whole answer."""
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- the page and health ----------------------------------------------------------------
+
+
+def test_page_is_one_self_contained_file(server):
+    for path in ("/", "/index.html"):
+        status, body, headers = request(server, "GET", path)
+        assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"<canvas" in body and b'id="upload"' in body
+        assert not re.search(rb"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import""", body)
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+
+
+def test_health_reports_the_loaded_models(server, model_paths):
+    status, body, _ = request(server, "GET", "/api/health")
+    assert status == 200 and body["status"] == "ok" and body["max_body"] == web.MAX_BODY
+    assert body["models"]["mlp"]["path"] == str(model_paths["mlp"])
+    assert body["models"]["mlp"]["input_shape"] == [28, 28, 1] and body["models"]["mlp"]["classes"] == 10
+    assert body["models"]["cnn"]["input_shape"] == [28, 56, 1] and body["models"]["cnn"]["classes"] == 100
+
+
+# --- predictions: the same as nn predict --json, plus diagnostics ---------------------
+
+
+@pytest.mark.parametrize("model,text", [("mlp", "7"), ("cnn", "71")])
+def test_prediction_is_nn_predict_json_plus_diagnostics(server, model_paths, tmp_path, model, text):
+    image = drawing(text)
+    status, body, _ = post(server, image, model, top_k=5)
+    assert status == 200
+    file = tmp_path / "drawn.png"
+    file.write_bytes(image)
+    r = CliRunner().invoke(app, ["predict", str(file), "--model", str(model_paths[model]), "--json", "-k", "5"])
+    (expected,) = json.loads(r.stdout)
+    assert list(body) == ["model", "label", "probability", "top_k", "diagnostics"]
+    assert body["model"] == model and {k: body[k] for k in ("label", "probability", "top_k")} == {
+        k: expected[k] for k in ("label", "probability", "top_k")}
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["diagnostics"]["input"].split(",", 1)[1]))))
+    assert np.array_equal(seen, preprocess(file, 28 if model == "mlp" else 56))
+    assert body["diagnostics"]["input_shape"] == list(seen.shape)
+
+
+def test_both_engines_give_the_same_answer(server, model_paths):
+    image = drawing("71")
+    _, fast, _ = post(server, image, top_k=100)  # every class: no near-tie can reorder the list's end
+    with running_server(model_paths, engine="reference") as reference_server:
+        _, reference, _ = post(reference_server, image, top_k=100)
+    assert reference["diagnostics"] == fast["diagnostics"]
+    ranked = [{t["label"]: t["probability"] for t in body["top_k"]} for body in (fast, reference)]
+    assert ranked[0].keys() == ranked[1].keys() and len(ranked[0]) == 100
+    for label, p in ranked[0].items():
+        assert ranked[1][label] == pytest.approx(p, abs=2e-6)
+
+
+def test_the_engine_choices_are_nn_engines():
+    import typing
+
+    from nn.engine import ENGINES
+    from nn.mnist.cli import serve
+
+    engine = typing.get_type_hints(serve, include_extras=True)["engine"]
+    assert typing.get_args(typing.get_args(engine)[0]) == ENGINES
+
+
+def test_data_url_in_json_or_as_the_body_is_the_same_image(server):
+    image = drawing("47")
+    _, expected, _ = post(server, image)
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    as_json = json.dumps({"image": url, "model": "cnn", "top_k": 5}).encode()
+    assert request(server, "POST", "/api/predict", as_json, {"Content-Type": "application/json"})[1] == expected
+    plain_b64 = json.dumps({"image": base64.b64encode(image).decode()}).encode()
+    assert request(server, "POST", "/api/predict", plain_b64, {"Content-Type": "application/json"})[1] == expected
+    assert post(server, url.encode(), content_type="text/plain")[1] == expected
+
+
+def test_diagnostics_show_the_split_and_warn(server):
+    _, body, _ = post(server, drawing("71"))
+    d = body["diagnostics"]
+    assert d["split"] == "gap" and len(d["boxes"]) == 2 and d["warnings"] == []
+    (l0, _, l1, _), (r0, _, r1, _) = d["boxes"]
+    assert l0 < l1 < r0 < r1 <= d["size"][0]
+
+    _, body, _ = post(server, drawing("7"), "mlp")
+    assert body["diagnostics"]["split"] is None and len(body["diagnostics"]["boxes"]) == 1
+
+    _, body, _ = post(server, drawing("44", gap=-0.35))  # overlapping: one connected stroke
+    assert body["diagnostics"]["split"] == "halves"
+    assert any("digits touch" in w for w in body["diagnostics"]["warnings"])
+
+    cut = Image.open(io.BytesIO(drawing("7"))).crop((60, 0, 200, 200))  # the bar runs off the left edge
+    _, body, _ = post(server, servefakes.png(cut), "mlp")
+    assert any("touches the edge" in w for w in body["diagnostics"]["warnings"])
+
+
+def test_explained_boxes_are_in_image_pixels():
+    image = Image.open(io.BytesIO(drawing("17")))
+    x, d = preprocess_explained(image, 56)
+    assert np.array_equal(x, preprocess(image, 56)) and d.size == image.size
+    ink = np.asarray(image.convert("L")) < 128
+    cols = np.flatnonzero(ink.any(axis=0))
+    assert abs(d.boxes[0][0] - cols[0]) <= 2 and abs(d.boxes[1][2] - (cols[-1] + 1)) <= 2
+
+
+# --- bad requests: status, one-line JSON error, and the server keeps serving ----------
+
+
+def png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+BLANK = servefakes.png(Image.new("RGB", (280, 280), "white"))
+BAD_POSTS = {  # name: (body, content type, query, status, start of the error)
+    "empty body": (b"", "image/png", "", 400, "empty body"),
+    "not an image": (b"hello, world", "image/png", "", 400, "not an image"),
+    "truncated png": (drawing("7")[:300], "image/png", "", 400, "corrupt or truncated image"),
+    "malformed json": (b'{"image": ', "application/json", "", 400, "malformed JSON"),
+    "json without image": (b'{"model": "cnn"}', "application/json", "", 400, 'JSON body needs "image"'),
+    "bad base64": (b'{"image": "data:image/png;base64,@@@"}', "application/json", "", 400, "malformed base64"),
+    "data url not base64": (b"data:image/png,abc", "text/plain", "", 400, "data URL must be base64"),
+    "unknown model": (drawing("7"), "image/png", "model=rnn", 400, "unknown model 'rnn' (known: mlp, cnn)"),
+    "top_k zero": (drawing("7"), "image/png", "top_k=0", 400, "top_k must be an integer from 1 to 100"),
+    "top_k text": (drawing("7"), "image/png", "top_k=five", 400, "top_k must be an integer"),
+    "json model not a string": (b'{"image": "AAAA", "model": ["cnn"]}', "application/json", "", 400, "unknown model"),
+    "too many pixels": (png_header(10_000, 6_000), "image/png", "", 413, "image too large: 10000x6000"),
+    "blank": (BLANK, "image/png", "", 422, "blank image: no ink found"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_POSTS)
+def test_bad_post_is_a_status_and_a_one_line_json_error(server, name):
+    body, content_type, query, status, message = BAD_POSTS[name]
+    got, answer, headers = request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})
+    assert (got, headers["Content-Type"]) == (status, "application/json")
+    assert list(answer) == ["error"] and answer["error"].startswith(message) and "\n" not in answer["error"]
+    assert request(server, "GET", "/api/health")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/nope", "/api", "/api/", "/serve.html", "/nn/mnist/serve.py", "/../pyproject.toml",
+                                  "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd", "/static/", "/index.html/"])
+def test_unknown_paths_are_404_no_files_no_listing(server, path):
+    status, body, _ = request(server, "GET", path)
+    assert status == 404 and list(body) == ["error"] and body["error"].startswith("not found: /")
+
+
+def test_wrong_method_is_405_with_allow(server):
+    status, body, headers = request(server, "GET", "/api/predict")
+    assert status == 405 and headers["Allow"] == "POST" and "use POST" in body["error"]
+    status, _, headers = request(server, "POST", "/", b"x")
+    assert status == 405 and headers["Allow"] == "GET"
+    assert raw(server, b"DELETE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 405")
+    answer = raw(server, b"PATCH / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 501") and answer.endswith(b'{"error": "Unsupported method (\'PATCH\')"}')
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(server):
+    answer = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (web.MAX_BODY + 1) + b"\x89PNG")
+    assert answer.startswith(b"HTTP/1.1 413") and b"Connection: close" in answer
+    assert b'"error": "body of 10,485,761 bytes is over the limit of 10,485,760"' in answer
+
+
+@pytest.mark.parametrize("headers,status,message", [
+    (b"", 411, b"Content-Length required"),
+    (b"Content-Length: -5\r\n", 400, b"bad Content-Length '-5'"),
+    (b"Content-Length: 50\r\n", 400, b"body shorter than its Content-Length"),
+])
+def test_bad_lengths(server, headers, status, message):
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(head + b"short")
+        s.shutdown(socket.SHUT_WR)  # the client gives up: the server must not wait for the rest
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 %d" % status) and message in answer
+
+
+def test_garbage_request_line_and_cross_origin_post(server):
+    answer = raw(server, b"\x16\x03\x01 not http at all\r\n\r\n")  # e.g. https:// to an http port
+    assert answer.startswith(b'{"error": "Bad request') and len(answer) < 200
+    status, body, _ = request(server, "POST", "/api/predict", drawing("7"),
+                              {"Content-Type": "image/png", "Origin": "http://evil.example"})
+    assert status == 403 and body["error"] == "cross-origin request from http://evil.example refused"
+    host = "%s:%d" % server.server_address[:2]
+    status, _, _ = request(server, "POST", "/api/predict", drawing("71"),
+                           {"Content-Type": "image/png", "Origin": f"http://{host}"})
+    assert status == 200
+    assert request(server, "GET", "/api/health")[0] == 200
+
+
+def test_a_bug_costs_one_request_not_the_server(server, monkeypatch, capfd):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(web, "rank", broken)
+    status, body, _ = post(server, drawing("71"))
+    assert status == 500 and body == {"error": "internal error (see the server's log)"}
+    assert "RuntimeError: boom" in capfd.readouterr().err
+    monkeypatch.undo()
+    assert post(server, drawing("71"))[0] == 200
+
+
+def test_concurrent_requests_get_their_own_answers(server):
+    images = [(drawing(t), "cnn") for t in ("71", "47", "14", "77", "11", "41")] + \
+             [(drawing(t), "mlp") for t in ("1", "4", "7")]
+    expected = [post(server, img, model)[1] for img, model in images]
+    jobs = [i % len(images) for i in range(72)]
+    barrier = threading.Barrier(12)
+
+    def one(i):
+        if i < 12:
+            barrier.wait()  # the first twelve start together
+        return post(server, *images[i])[1]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, jobs))
+    assert all(results[n] == expected[i] for n, i in enumerate(jobs))
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    for text in ("71", "47", "14"):
+        conn.request("POST", "/api/predict?model=cnn", drawing(text), {"Content-Type": "image/png"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["model"] == "cnn"
+    conn.close()
+
+
+# --- trained models: rendered MNIST test images are read correctly --------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    paths = servefakes.trained_models(tmp_path_factory.mktemp("trained"))
+    if paths is None:
+        pytest.skip("no data/mnist and data/mnist100 (run `dvc repro`)")
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,split", [("mlp", "mnist/test.npz"), ("cnn", "mnist100/test.npz")])
+def test_rendered_test_images_are_predicted_correctly(trained, model, split):
+    from nn.mnist.classify import load_classifier, rank
+
+    x, y = servefakes.load_split(split, 60)
+    classifier = load_classifier(trained[model])
+    right = [i for i, top in enumerate(rank(classifier, x, 1)) if top[0][0] == classifier.classes[y[i]]]
+    assert len(right) >= 40  # the model itself reads most of them
+    with running_server(trained) as server:
+        got = [post(server, rendered(x[i]), model)[1]["label"] for i in right]
+    correct = sum(g == classifier.classes[y[i]] for g, i in zip(got, right))
+    assert correct >= 0.95 * len(right), f"{correct} of {len(right)} read correctly through the API"
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def serve(*args: str):
+    return CliRunner().invoke(app, ["serve", *map(str, args)])
+
+
+def test_missing_or_wrong_model_fails_at_start_with_one_line(tmp_path, model_paths):
+    r = serve("--mlp", tmp_path / "none.npz", "--cnn", model_paths["cnn"])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == f"error: {tmp_path / 'none.npz'}: no such file\n"
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip" * 10)
+    r = serve("--mlp", model_paths["mlp"], "--cnn", bad)
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "not an .npz archive" in r.stderr
+    r = serve("--mlp", model_paths["cnn"], "--cnn", model_paths["cnn"])
+    assert r.exit_code == 2 and r.stderr == (f"error: {model_paths['cnn']}: reads 28x56 images, but --mlp "
+                                             "needs a one-digit model (28x28)\n")
+
+
+def test_port_in_use_fails_with_one_line(server, model_paths):
+    host, port = server.server_address[:2]
+    r = serve("--mlp", model_paths["mlp"], "--cnn", model_paths["cnn"], "--port", port)
+    assert r.exit_code == 1 and r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
+
+
+@pytest.mark.parametrize("host,warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_nn_serve_prints_its_url_and_serves_until_interrupted(model_paths, host, warned):
+    exe = Path(sys.executable).parent / "nn"
+    proc = subprocess.Popen([str(exe), "serve", "--host", host, "--port", "0", "--mlp", model_paths["mlp"],
+                             "--cnn", model_paths["cnn"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        m = re.fullmatch(r"nn serve: http://([\d.]+):(\d+)/  \(Ctrl-C to stop\)\n", line)
+        assert m and m[1] == host, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(m[2]), timeout=10)
+        conn.request("GET", "/api/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert ("warning: listening on 0.0.0.0" in err) == warned
+    assert "GET /api/health 200" in err  # one log line per request

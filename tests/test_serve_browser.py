@@ -1,0 +1,172 @@
+"""The `nn serve` page in a real headless Chromium, driven by Playwright: draw, read, screenshot.
+
+Needs Python Playwright (`pip install -e '.[browser]'`) and a Chromium from the system's package
+manager (Debian: `apt-get install chromium`; `playwright install` is not used). The browser is
+$NN_CHROMIUM, else the first of chromium, chromium-browser, google-chrome on PATH. The
+screenshot is written to the test's temporary folder, and also to $NN_SERVE_SCREENSHOT if set
+(that is how docs/serve.png is made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import servefakes
+from servefakes import running_server, strokes
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[browser]')")
+
+
+def find_browser() -> str | None:
+    if os.environ.get("NN_CHROMIUM"):
+        return os.environ["NN_CHROMIUM"]
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+BROWSER = find_browser()
+pytestmark = pytest.mark.skipif(
+    BROWSER is None, reason="no Chromium found (apt-get install chromium, or set NN_CHROMIUM to its path)")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Trained models if there are any (the pipeline's, or tiny ones trained on data/), else random ones."""
+    folder = tmp_path_factory.mktemp("models")
+    paths = servefakes.trained_models(folder)
+    return (paths, True) if paths else (servefakes.untrained_models(folder), False)
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    with running_server(models[0]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=BROWSER, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 640}, device_scale_factor=1)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text)  # an HTTP error status is logged, and expected
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.sent = []  # the image bytes of each prediction request, in order
+    page.on("request", lambda r: page.sent.append(r.post_data_buffer) if r.url.endswith("top_k=5") else None)
+    page.goto(server.url)
+    yield page
+    context.close()
+    assert errors == []
+
+
+def draw(page, text: str) -> None:
+    """Draw `text` on the page's canvas with the mouse (pointer events), stroke by stroke."""
+    box = page.locator("#canvas").bounding_box()
+    height = int(page.locator("#canvas").get_attribute("height"))
+    k = box["height"] / height  # canvas pixels -> CSS pixels
+    for line in strokes(text, height):
+        page.mouse.move(box["x"] + line[0][0] * k, box["y"] + line[0][1] * k)
+        page.mouse.down()
+        for x, y in line[1:]:
+            page.mouse.move(box["x"] + x * k, box["y"] + y * k, steps=8)
+        page.mouse.up()
+
+
+def settled(page, state: str = "done") -> None:
+    page.locator(f"body[data-state={state}]").wait_for(state="attached", timeout=10_000)
+
+
+def api(server, body: bytes, model: str) -> dict:
+    req = urllib.request.Request(f"{server.url}api/predict?model={model}&top_k=5", data=body,
+                                 headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def test_draw_two_digits_and_read_the_prediction(page, server, models, tmp_path):
+    draw(page, "71")
+    settled(page)
+    label = page.locator("#label").inner_text()
+    expected = api(server, page.sent[-1], "cnn")  # what the page sent last, asked directly
+    assert label == expected["label"]
+    if models[1]:
+        assert label == "71"
+    assert page.locator("#bars li").count() == 5
+    assert page.locator("#bars li").first.inner_text().startswith(expected["label"])
+    assert page.locator("#seen").get_attribute("src") == expected["diagnostics"]["input"]
+    assert page.locator("#split").inner_text().startswith("Split at the widest empty gap")
+    assert page.locator("#warnings li").count() == 0
+    shot = tmp_path / "serve.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("NN_SERVE_SCREENSHOT"):
+        page.screenshot(path=os.environ["NN_SERVE_SCREENSHOT"])
+
+
+def test_one_digit_undo_and_clear(page, server, models):
+    page.click("#mode-mlp")
+    assert [page.locator("#canvas").get_attribute(a) for a in ("width", "height")] == ["280", "280"]
+    draw(page, "7")
+    settled(page)
+    assert page.locator("#label").inner_text() == api(server, page.sent[-1], "mlp")["label"]
+    if models[1]:
+        assert page.locator("#label").inner_text() == "7"
+    assert page.locator("#split").inner_text() == ""
+
+    draw(page, "1")  # a second stroke over the first; undo takes it back
+    settled(page)
+    n = len(page.sent)
+    page.click("#undo")
+    settled(page)
+    assert len(page.sent) == n + 1 and page.sent[-1] == page.sent[-3]  # the same drawing as before
+    page.click("#clear")
+    settled(page, "idle")
+    assert page.locator("#label").inner_text() == "–"
+
+
+def test_bad_uploads_are_explained_on_the_page(page, tmp_path):
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(servefakes.png(servefakes.Image.new("RGB", (200, 100), "white")))
+    page.set_input_files("#upload", str(blank))
+    settled(page, "error")
+    assert page.locator("#warnings li.bad").inner_text() == "Nothing to read: blank image: no ink found."
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#upload", str(notes))
+    settled(page, "error")
+    assert page.locator("#warnings li.bad").inner_text().startswith("Cannot read this image: not an image")
+
+    touching = tmp_path / "touching.png"
+    touching.write_bytes(servefakes.drawing("44", gap=-0.35))
+    page.set_input_files("#upload", str(touching))
+    settled(page)
+    assert "digits touch" in page.locator("#warnings").inner_text()
+
+
+def test_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server.url)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+    box = page.locator("#canvas").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 375 and box["width"] > 250
+    draw(page, "71")
+    settled(page)
+    assert page.locator("#label").inner_text() != "–"
+    context.close()
