@@ -56,6 +56,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back Ctrl-C, SIGTERM and SIGHUP for a few steps that must not be split."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Outputs:
     """All of a stage's output files, each written to a temporary beside it (see `write_together`)."""
 
@@ -66,8 +76,9 @@ class Outputs:
     def open(self, path: str | os.PathLike) -> Iterator[BinaryIO]:
         """A binary file that becomes `path` when the whole group commits."""
         path = Path(path)
-        fd, tmp = _temp_beside(path)
-        self._pending.append((tmp, path))
+        with _signals_held():  # a temporary is never created without being recorded
+            fd, tmp = _temp_beside(path)
+            self._pending.append((tmp, path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -85,20 +96,17 @@ class Outputs:
     def _commit(self) -> None:
         # Every file is complete and on disk; the renames run with Ctrl-C and SIGTERM held back,
         # so an interruption lands before the first or after the last.
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with _signals_held():
             for tmp, path in self._pending:
                 os.replace(tmp, path)
             self._pending = []
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _discard(self) -> None:
-        for tmp, _ in self._pending:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        self._pending = []
+        with _signals_held():
+            for tmp, _ in self._pending:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            self._pending = []
 
 
 @contextlib.contextmanager
