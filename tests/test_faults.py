@@ -8,7 +8,6 @@ CliRunner or as `python -m stages.<name>` subprocesses) and the real `nn` comman
 from __future__ import annotations
 
 import contextlib
-import gzip
 import http.server
 import io
 import json
