@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
 from nn import engine as engines
-from nn.files import atomic_open
+from nn.files import DataFileError, atomic_open, read_npz
 from nn.model import Sequential
 
 VERSION = 1
@@ -61,22 +60,24 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _write(path: Path, header: dict, state: dict[str, np.ndarray]) -> str:
-    """Write header + state atomically (temp file in the same directory, fsync, rename).
-
-    Returns the content hash.
+def _write(path: Path | BinaryIO, header: dict, state: dict[str, np.ndarray]) -> str:
+    """Write header + state atomically (temp file in the same directory, fsync, rename), or
+    into an open binary file (one of several outputs committed together). Returns the hash.
     """
     header_text = json.dumps(header, sort_keys=True, allow_nan=False, default=_json_default)
     digest = _content_hash(header_text, state)
     arrays = {_STATE + k: np.asarray(v) for k, v in state.items()}
     arrays["header"] = np.array(header_text)
     arrays["sha256"] = np.array(digest)
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)  # no object arrays here, so nothing is pickled
+        return digest
     with atomic_open(path) as f:
-        np.savez(f, **arrays)  # no object arrays here, so nothing is pickled
+        np.savez(f, **arrays)
     return digest
 
 
-def save(path: str | os.PathLike, model: Sequential, *, format: str,
+def save(path: str | os.PathLike | BinaryIO, model: Sequential, *, format: str,
          input_shape: tuple[int, ...], fields: dict | None = None) -> str:
     """Write `model` (weights, spec) to one .npz with a JSON header; returns the sha256.
 
@@ -89,22 +90,15 @@ def save(path: str | os.PathLike, model: Sequential, *, format: str,
         raise ValueError(f"fields {clash} are reserved by the checkpoint header")
     header = {"format": format, "version": VERSION, "spec": model.spec,
               "input_shape": [int(d) for d in input_shape], **fields}
-    return _write(Path(path), header, model.state_dict())
+    return _write(path if hasattr(path, "write") else Path(path), header, model.state_dict())
 
 
 def _read(path: Path) -> tuple[str, dict[str, np.ndarray], str]:
     """Read the raw members of a model file: (header text, state, stored hash)."""
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise ModelFileError(f"{path}: not a model file (a .npy array, not an .npz)")
-        with loaded as z:
-            members = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ModelFileError(f"{path}: not a readable .npz file, truncated or corrupt "
-                             f"({type(e).__name__}: {e})") from None
+        members = read_npz(path)
+    except DataFileError as e:
+        raise ModelFileError(str(e)) from None
     header, digest = members.pop("header", None), members.pop("sha256", None)
     if header is None or digest is None:
         raise ModelFileError(f"{path}: not a model file (no header or hash)")
@@ -143,10 +137,24 @@ def load(path: str | os.PathLike, *, format: str, required: Iterable[str] = (),
     missing = sorted({"spec", "input_shape", *required} - header.keys())
     if missing:
         raise ModelFileError(f"{path}: header lacks {missing}")
+    shape = header["input_shape"]
+    if not (isinstance(shape, list) and shape and
+            all(type(d) is int and 1 <= d <= 1 << 16 for d in shape)):
+        raise ModelFileError(f"{path}: input_shape {shape!r} is not a list of positive sizes")
+    for key, value in state.items():
+        if value.dtype.kind != "f":
+            raise ModelFileError(f"{path}: weights {key!r} have dtype {value.dtype}, not float")
+        if not np.isfinite(value).all():
+            raise ModelFileError(f"{path}: weights {key!r} hold NaN or infinity")
+    # the spec may declare layers far larger than the weights stored: build nothing bigger
+    stored = sum(v.size for v in state.values())
     try:
         model = engines.build(header["spec"], np.random.default_rng(0), engine=engine)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ModelFileError(f"{path}: bad architecture spec ({e})") from None
+    except MemoryError:
+        raise ModelFileError(f"{path}: architecture spec too large to build "
+                             f"({stored:,} weights stored)") from None
     try:
         model.load_state_dict(state)
     except ValueError as e:
@@ -154,7 +162,7 @@ def load(path: str | os.PathLike, *, format: str, required: Iterable[str] = (),
     input_shape = tuple(header["input_shape"])
     try:  # one zero image through the net: the spec must accept the declared input shape
         model.forward(np.zeros((1, *input_shape), np.float32), training=False)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, MemoryError) as e:
         raise ModelFileError(f"{path}: architecture does not accept input shape "
                              f"{input_shape} ({e})") from None
     fields = {k: v for k, v in header.items() if k not in _CORE}

@@ -14,10 +14,13 @@ from nn.optim import clip_grad_norm
 
 
 TRANSFERS = ("batch", "once")  # how training data reach the device: see fit
+# A batch's mean cross-entropy above this is a run that has blown up: a uniform guess scores
+# log(classes), under 5 for 100 classes, and a logit gap of 10,000 is no model.
+ABSURD_LOSS = 1e4
 
 
 class DivergedError(RuntimeError):
-    """The loss or the weights became NaN or infinite during training."""
+    """The loss became absurd (NaN, infinite, or above ABSURD_LOSS) or the weights non-finite."""
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
@@ -76,7 +79,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     With early_stopping_patience=p, training stops after p epochs without a better dev
     accuracy, and the weights of the best epoch are restored at the end.
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
-    epoch). A NaN/inf loss or weight raises DivergedError, never returns a NaN model.
+    epoch). A NaN/inf or absurd (> ABSURD_LOSS) loss, or a NaN/inf weight, raises
+    DivergedError: a blown-up model is never returned.
     """
     _check_data("train", x_train, y_train)
     has_dev = x_dev is not None and y_dev is not None
@@ -122,8 +126,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
 
             logits = model.forward(xb, training=True)
             loss, dlogits = softmax_cross_entropy(logits, yb, label_smoothing)
-            if not math.isfinite(loss):
-                raise DivergedError(f"training diverged: loss became {loss} at epoch {epoch}, "
+            if not loss <= ABSURD_LOSS:  # NaN fails every comparison
+                raise DivergedError(f"training diverged: loss became {loss:.4g} at epoch {epoch}, "
                                     f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
             model.backward(dlogits, input_grad=False)
             grads = model.grads()                       # fetched anew: layers may rebind them

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -152,10 +154,32 @@ def validate(cls: type[P], data: Any, prefix: str) -> P:
         raise ParamsError(describe(errors[0], cls, prefix)) from None
 
 
+STAGE_SECTIONS = ("download", "prepare", "mnist100")  # the data stages' sections
+
+
+def known_sections(path: str | Path) -> list[str] | None:
+    """The top-level sections params.yaml may have: the data stages' and one per model of the
+    `models` map in the dvc.yaml beside it; None without a dvc.yaml (a params file of its own)."""
+    pipeline = Path(path).parent / "dvc.yaml"
+    if not pipeline.is_file():
+        return None
+    known = list(STAGE_SECTIONS)
+    for entry in (read_yaml(pipeline) or {}).get("vars") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
+            known += [m for m in entry["models"] if m not in known]
+    return known
+
+
 def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") -> P:
-    """Load and validate `section` of params.yaml into `cls`."""
+    """Load and validate `section` of params.yaml into `cls`; unknown sections are refused."""
     data = read_yaml(path)
-    if not isinstance(data, dict) or section not in data:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    known = known_sections(path)
+    unknown = [k for k in data if known is not None and k not in known]
+    if unknown:
+        raise ParamsError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(known)})")
+    if section not in data:
         raise ParamsError(f"{path}: no section {section!r}")
     return validate(cls, data[section], section)
 
@@ -163,8 +187,13 @@ def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") ->
 @contextlib.contextmanager
 def fatal_errors(stage: str, *errors: type[BaseException]) -> Iterator[None]:
     """Turn the expected errors of a stage into one line on stderr and exit status 1."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     try:
         yield
     except (ParamsError, *errors) as e:
         print(f"{stage}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C: the outputs are written together or not at all
+        print(f"{stage}: interrupted; outputs left as they were", file=sys.stderr)
+        raise SystemExit(130) from None

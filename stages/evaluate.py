@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from nn.engine import ENGINES
-from nn.files import load_npz, write_bytes
+from nn.files import Array, load_npz, write_together
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
 from nn.mnist.modelfile import ModelFileError, load, normalize
@@ -57,13 +57,16 @@ def main(
 
     with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError):
         net, info = load(model, engine=engine)
-        test = load_npz(data / "test.npz", ("images", "labels"))
+        k = len(info.classes) if info.classes else net.predict_proba(
+            np.zeros((1, *info.input_shape), np.float32)).shape[1]
+        test = load_npz(data / "test.npz", {"images": Array("uint8", ("n", None, None)),
+                                            "labels": Array("iu", ("n",), 0, k - 1)})
         images, labels = test["images"], test["labels"].astype(np.int64)
         if tuple(info.input_shape) != (*images.shape[1:], 1):
             raise ValueError(f"{model} takes {tuple(info.input_shape)} inputs, "
                              f"{data / 'test.npz'} holds {images.shape[1:]} images")
         r = evaluate(net, info, images, labels)
-        classes = np.array(info.classes)
+        classes = np.array(info.classes or [str(c) for c in range(k)])
 
         table = pd.DataFrame({"class": classes, **per_class(r["cm"])})
         wrong = np.flatnonzero(r["predicted"] != labels)
@@ -71,13 +74,6 @@ def main(
         worst = wrong[np.argsort(-confidence, kind="stable")[:ERRORS_SHOWN]]
         name = Path(model).stem
 
-        write_bytes(out / "metrics.json", (json.dumps(r["metrics"], indent=2) + "\n").encode())
-        write_bytes(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f").encode())
-        write_bytes(out / "confusion.csv", pd.DataFrame({
-            "actual": classes[labels], "predicted": classes[r["predicted"]],
-        }).to_csv(index=False).encode())
-        write_bytes(out / "confusion.png", png_bytes(confusion_heatmap(
-            r["cm"], list(classes), f"{name}: test accuracy {r['metrics']['accuracy']:.2%}")))
         if len(worst):
             gallery = error_gallery(images[worst], classes[labels[worst]],
                                     classes[r["predicted"][worst]],
@@ -85,7 +81,17 @@ def main(
         else:  # a perfect model still gets a picture, saying so
             from nn.mnist.pictures import labelled_grid
             gallery = labelled_grid(images[:1] * 0, ["no mistakes"], columns=1, scale=3)
-        write_bytes(out / "errors.png", png_bytes(gallery))
+        with write_together() as outputs:  # all five reports, or none
+            outputs.write_bytes(out / "metrics.json",
+                                (json.dumps(r["metrics"], indent=2) + "\n").encode())
+            outputs.write_bytes(out / "per_class.csv",
+                                table.to_csv(index=False, float_format="%.4f").encode())
+            outputs.write_bytes(out / "confusion.csv", pd.DataFrame({
+                "actual": classes[labels], "predicted": classes[r["predicted"]],
+            }).to_csv(index=False).encode())
+            outputs.write_bytes(out / "confusion.png", png_bytes(confusion_heatmap(
+                r["cm"], list(classes), f"{name}: test accuracy {r['metrics']['accuracy']:.2%}")))
+            outputs.write_bytes(out / "errors.png", png_bytes(gallery))
         m = r["metrics"]
         print(f"evaluate: {name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
               f"macro-F1 {m['macro_f1']:.4f} on {m['samples']:,} test samples -> {out}")

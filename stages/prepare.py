@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from pydantic import Field
 
-from nn.files import save_npz
+from nn.files import write_together
 from nn.mnist.idx import IdxError
 from nn.mnist.sources import load_split
 from nn.mnist.split import stratified_split
@@ -41,9 +41,11 @@ def main(
             "dev": (images[dev], labels[dev], dev),
             "test": (test_images, test_labels, np.arange(len(test_labels))),
         }
-        for name, (x, y, index) in splits.items():
-            save_npz(out / f"{name}.npz", images=x, labels=y, index=index.astype(np.int32))
-            print(f"prepare: {name}: {len(y):,} images -> {out / f'{name}.npz'}")
+        with write_together() as outputs:  # the three splits, or none of them
+            for name, (x, y, index) in splits.items():
+                outputs.save_npz(out / f"{name}.npz", images=x, labels=y,
+                                 index=index.astype(np.int32))
+                print(f"prepare: {name}: {len(y):,} images -> {out / f'{name}.npz'}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import numpy as np
 import typer
 from pydantic import Field
 
-from nn.files import load_npz, save_npz, write_bytes
+from nn.files import Array, load_npz, write_together
 from nn.mnist.mnist100 import synthesize
 from nn.mnist.pictures import labelled_grid, png_bytes
 from stages.common import Int, Params, fatal_errors, load_params
 
 SPLITS = ("train", "dev", "test")
+# An MNIST split as the prepare stage writes it: (n, 28, 28) digits, labels 0..9.
+MNIST_SPLIT = {"images": Array("uint8", ("n", 28, 28)), "labels": Array("iu", ("n",), 0, 9)}
 
 
 class Mnist100Params(Params):
@@ -38,22 +40,24 @@ def main(
     with fatal_errors("synthesize", OSError, ValueError):
         p = load_params(Mnist100Params, "mnist100", params)
         sizes = {"train": p.train_size, "dev": p.dev_size, "test": p.test_size}
-        for i, split in enumerate(SPLITS):
-            src = load_npz(mnist / f"{split}.npz", ("images", "labels"))
-            # One independent stream per split, so changing one size leaves the others' bytes alone.
-            rng = np.random.default_rng([p.seed, i])
-            data = synthesize(src["images"], src["labels"], sizes[split], rng)
-            save_npz(out / f"{split}.npz", **data)
-            print(f"synthesize: {split}: {sizes[split]:,} pairs from {len(src['labels']):,} "
-                  f"MNIST {split} digits -> {out / f'{split}.npz'}")
-            if split == "test":
-                k = min(p.sample_grid ** 2, len(data["labels"]))
-                grid = labelled_grid(data["images"][:k],
-                                     [f"{label:02d}" for label in data["labels"][:k]],
-                                     columns=p.sample_grid)
-                write_bytes(samples, png_bytes(grid))
-                print(f"synthesize: {k} examples -> {samples}")
-
+        # Every split is made before any is written, and all files are committed together, so
+        # an error or Ctrl-C never leaves new train/dev splits beside an old test split.
+        with write_together() as outputs:
+            for i, split in enumerate(SPLITS):
+                src = load_npz(mnist / f"{split}.npz", MNIST_SPLIT)
+                # One stream per split, so changing one size leaves the others' bytes alone.
+                rng = np.random.default_rng([p.seed, i])
+                data = synthesize(src["images"], src["labels"], sizes[split], rng)
+                outputs.save_npz(out / f"{split}.npz", **data)
+                print(f"synthesize: {split}: {sizes[split]:,} pairs from {len(src['labels']):,} "
+                      f"MNIST {split} digits -> {out / f'{split}.npz'}")
+                if split == "test":
+                    k = min(p.sample_grid ** 2, len(data["labels"]))
+                    grid = labelled_grid(data["images"][:k],
+                                         [f"{label:02d}" for label in data["labels"][:k]],
+                                         columns=p.sample_grid)
+                    outputs.write_bytes(samples, png_bytes(grid))
+                    print(f"synthesize: {k} examples -> {samples}")
 
 if __name__ == "__main__":
     app()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from nn import engine, optim
 from nn.augment import random_shift
 from nn.backend import DEVICES, DeviceError, get_device
 from nn.engine import ENGINES
-from nn.files import load_npz, write_bytes
+from nn.files import Array, load_npz, write_together
 from nn.mnist.modelfile import normalize, save
+from nn.model import Sequential
 from nn.schedules import make_schedule
 from nn.train import TRANSFERS, DivergedError, fit
 from stages.common import (Bool, Float, Int, Params, ParamsError, Str, fatal_errors, finite,
@@ -39,9 +41,27 @@ class ScheduleParams(Params):
 
 
 def _check_layer(layer: dict) -> dict:
-    if layer.get("type") == "Dropout" and not 0 <= layer.get("p", 0.5) < 1:
-        raise param_error("p", f"{layer['p']!r} must be in [0, 1)")
+    p = layer.get("p", 0.5)
+    if layer.get("type") == "Dropout" and type(p) in (int, float) and not 0 <= p < 1:
+        raise param_error("p", f"{p!r} must be in [0, 1)")
     return layer
+
+
+def _layer_message(e: ValueError) -> str:
+    """A build error as it reads after '<model>.layers': 'layer 4 (Dropout): p must be ...'
+    -> '[4] (Dropout): p must be ...'; one not about a layer -> ': ...'."""
+    text, n = re.subn(r"^layer (\d+)", r"[\1]", str(e))
+    return text if n else f": {text}"
+
+
+def _buildable(layers: tuple[dict, ...]) -> tuple[dict, ...]:
+    """Every layer's type and arguments, checked by building it (reference layers, any seed)."""
+    try:
+        Sequential.from_spec(list(layers), np.random.default_rng(0))
+    except ValueError as e:
+        key, _, rest = _layer_message(e).partition(": ")
+        raise param_error(key, rest) if key else ValueError(rest) from None
+    return layers
 
 
 class TrainParams(Params):
@@ -51,7 +71,9 @@ class TrainParams(Params):
     optimizer: OptimizerParams
     schedule: ScheduleParams
     # the architecture as nn.model.Sequential.from_spec reads it, one dict per layer
-    layers: tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...]
+    layers: Annotated[
+        tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...],
+        AfterValidator(_buildable)]
     engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
     device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays, reference engine
     transfer: Literal[TRANSFERS] = "batch"                 # gpu: data copied per batch or once
@@ -79,8 +101,12 @@ def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
     return cls(p.lr, weight_decay=p.weight_decay)
 
 
+# What a training split must hold: raw images (n, H, W) and one integer label each.
+SPLIT = {"images": Array("uint8", ("n", None, None)), "labels": Array("iu", ("n",), low=0)}
+
+
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    d = load_npz(folder / f"{split}.npz", ("images", "labels"))
+    d = load_npz(folder / f"{split}.npz", SPLIT)
     return d["images"], d["labels"].astype(np.int64)
 
 
@@ -128,12 +154,20 @@ def main(
         device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
         x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
+        if x_dev.shape[1:] != x_train.shape[1:]:
+            raise ValueError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
+                             f"{x_train.shape[1:]}")
+        if p.batch_size > len(y_train):
+            raise ParamsError(f"{model}.batch_size: {p.batch_size} is more than the "
+                              f"{len(y_train):,} training images in {data / 'train.npz'}")
         steps_per_epoch = -(-len(y_train) // p.batch_size)
         rng = np.random.default_rng(p.seed)
+        input_shape = (*x_train.shape[1:], 1)
         try:
             net = engine.build(list(p.layers), rng, engine=p.engine, device=device)
+            summary = net.summary(input_shape)
         except ValueError as e:
-            raise ParamsError(f"{model}.layers: {e}") from None
+            raise ParamsError(f"{model}.layers{_layer_message(e)}") from None
         try:
             schedule = make_schedule(p.schedule.name, p.optimizer.lr, p.epochs * steps_per_epoch,
                                      steps_per_epoch, **p.schedule.args)
@@ -144,16 +178,18 @@ def main(
         # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
                          "std": float(x_train.std(dtype=np.float64) / 255)}
-        input_shape = (*x_train.shape[1:], 1)
-        num_classes = net.predict_proba(np.zeros((1, *input_shape), np.float32)).shape[1]
-        if max(y_train.max(), y_dev.max()) >= num_classes:
-            raise ParamsError(f"{model}.layers: {num_classes} outputs, but labels go up to "
-                              f"{max(y_train.max(), y_dev.max())}")
+        if not normalization["std"] > 0:
+            raise ValueError(f"{data / 'train.npz'}: every training image pixel is the same")
+        out_shape = net.predict_proba(np.zeros((1, *input_shape), np.float32)).shape
+        num_classes, top = out_shape[-1], int(max(y_train.max(), y_dev.max()))
+        if len(out_shape) != 2 or num_classes != top + 1:
+            raise ParamsError(f"{model}.layers: the network has {num_classes} outputs "
+                              f"{out_shape[1:]}, the data has {top + 1} classes (labels 0..{top})")
         classes = [f"{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)]
         x_train, x_dev = normalize(x_train, normalization), normalize(x_dev, normalization)
         print(f"{stage}: {len(y_train):,} train / {len(y_dev):,} dev images {input_shape}, "
               f"{num_classes} classes, {net.num_params():,} parameters")
-        print(net.summary(input_shape))
+        print(summary)
 
         background = np.float32(-normalization["mean"] / normalization["std"])
 
@@ -186,13 +222,15 @@ def main(
                           early_stopping_patience=p.early_stopping_patience,
                           device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
-        summary = dev_metrics(records)
-        save(out, net, normalization=normalization, input_shape=input_shape,
-             classes=classes, meta={"model": model, "epochs_run": len(records),
-                                    "best_dev_acc": summary["dev_acc"]})
-        write_bytes(history, history_csv(records))
-        write_bytes(metrics, (json.dumps(summary, indent=2) + "\n").encode())
-        print(f"{stage}: best dev accuracy {summary['dev_acc']:.4f} (epoch {summary['best_epoch']}) "
+        scores = dev_metrics(records)
+        with write_together() as outputs:  # the model, its history and its dev metrics, or none
+            with outputs.open(out) as f:
+                save(f, net, normalization=normalization, input_shape=input_shape,
+                     classes=classes, meta={"model": model, "epochs_run": len(records),
+                                            "best_dev_acc": scores["dev_acc"]})
+            outputs.write_bytes(history, history_csv(records))
+            outputs.write_bytes(metrics, (json.dumps(scores, indent=2) + "\n").encode())
+        print(f"{stage}: best dev accuracy {scores['dev_acc']:.4f} (epoch {scores['best_epoch']}) "
               f"-> {out}, {history}, {metrics}")
         print(f"{stage}: trained on the {p.engine} engine ({p.device}) in "
               f"{time.perf_counter() - start:.1f} s")

@@ -241,10 +241,10 @@ def bad_model(tmp_path: Path, kind: str, models) -> Path:
     "kind,message",
     [
         ("missing", "no such file"),
-        ("garbage", "not a readable .npz file"),
-        ("truncated", "not a readable .npz file"),
+        ("garbage", "not an .npz archive"),
+        ("truncated", "truncated or corrupt .npz"),
         ("input-shape", "input shape (784,) is neither 28x28x1 (one digit) nor 28x56x1 (two digits)"),
-        ("no-normalization", "normalization {} lacks a numeric mean and std"),
+        ("no-normalization", "normalization {} is not a finite mean and a positive std"),
     ],
 )
 def test_bad_model_exits_2_before_any_image(tmp_path, models, kind, message):

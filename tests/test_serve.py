@@ -341,7 +341,7 @@ def test_missing_or_wrong_model_fails_at_start_with_one_line(tmp_path, model_pat
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip" * 10)
     r = serve("--mlp", model_paths["mlp"], "--cnn", bad)
-    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "not a readable .npz file" in r.stderr
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "not an .npz archive" in r.stderr
     r = serve("--mlp", model_paths["cnn"], "--cnn", model_paths["cnn"])
     assert r.exit_code == 2 and r.stderr == (f"error: {model_paths['cnn']}: reads 28x56 images, but --mlp "
                                              "needs a one-digit model (28x28)\n")

@@ -79,7 +79,7 @@ def run_train(tmp_path, data, name, params, dataset):
     ({"label_smoothing": 1.0}, "mlp.label_smoothing: 1.0 must be < 1"),
     ({"learning_rate": 0.1}, "mlp.learning_rate: unknown key"),
     ({"layers": [{"type": "Dropout", "p": 1.0}]}, "mlp.layers[0].p: 1.0 must be in [0, 1)"),
-    ({"layers": [{"type": "Dense"}]}, "mlp.layers:"),
+    ({"layers": [{"type": "Dense"}]}, "mlp.layers[0]: unknown type 'Dense'"),
     ({"schedule": {"name": "cosine", "args": {"warmup": 1}}}, "mlp.schedule: schedule 'cosine' got unknown argument"),
     ({"optimizer": {"name": "adam", "lr": True}}, "mlp.optimizer.lr: expected a number, got True"),
     ({"engine": "gpu"}, "mlp.engine: 'gpu' is not one of 'fast', 'reference'"),

@@ -45,31 +45,35 @@ def _write_inputs(show_input: Path, results: list[dict]) -> bool:
     """Save each preprocessed input as a PNG; False (and a message) if any could not be written."""
     from PIL import Image
 
+    from nn.files import write_bytes
+    from nn.mnist.pictures import png_bytes
+
     ok = True
     for i, r in enumerate(results):
         if "input" not in r:
             continue
         png = _input_png_path(show_input, i, len(results))
         try:
-            png.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(r["input"], mode="L").save(png, format="PNG")
+            write_bytes(png, png_bytes(Image.fromarray(r["input"], mode="L")))  # never half-written
         except OSError as e:
             _fail(f"{png}: cannot write ({(e.strerror or str(e)).lower()})")
             ok = False
     return ok
 
 
-def _format_text(file: str, top: list[tuple[str, float]]) -> str:
+def _format_text(file: str, top: list[tuple[str, float]], warning: str | None = None) -> str:
     label, p = top[0]
     ranked = ", ".join(f"{lab} {q:.3f}" for lab, q in top)
-    return f"{file}: {label} (p={p:.3f})  top-{len(top)}: {ranked}"
+    return f"{file}: {label} (p={p:.3f})  top-{len(top)}: {ranked}" + \
+        (f"  warning: {warning}" if warning else "")
 
 
 DEFAULT_MODEL = Path("models/cnn.npz")  # the two-digit CNN the pipeline trains
-IMAGES_HELP = "Image files (PNG, JPEG, ...: anything Pillow reads)."
+IMAGES_HELP = "Image files (PNG, JPEG, ...: anything Pillow reads); - reads one from stdin."
 SHOW_INPUT_HELP = (
     "Write the exact array the network sees as a PNG; with several images, "
-    "PATH-1.png, PATH-2.png, ... (1-based, in argument order)."
+    "PATH-1.png, PATH-2.png, ... (1-based, in argument order). Existing files are not "
+    "overwritten without --force."
 )
 
 
@@ -85,6 +89,7 @@ def predict(
     engine: Annotated[
         Literal["fast", "reference"], typer.Option(help="Which implementation runs the model.")
     ] = "fast",
+    force: Annotated[bool, typer.Option("--force", help="Let --show-input overwrite existing files.")] = False,
 ) -> None:
     """Predict the digit (MLP, 28x28) or two-digit number (CNN, 28x56) in each image.
 
@@ -94,9 +99,20 @@ def predict(
     Exit status: 0 all predicted, 1 some images failed (the others are still printed),
     2 the model could not be loaded.
     """
+    import io
+    import sys
+
     from nn.mnist.classify import load_classifier, prediction_json, rank
     from nn.mnist.modelfile import ModelFileError
     from nn.mnist.preprocess import ImageError, preprocess
+
+    if show_input is not None and not force:  # before any work: the user's files are safe
+        taken = [p for i in range(len(images))
+                 if (p := _input_png_path(show_input, i, len(images))).exists()]
+        if taken:
+            _fail(f"{taken[0]}: exists; --show-input does not overwrite files without --force")
+            raise typer.Exit(EXIT_MODEL)
+    stdin = sys.stdin.buffer.read() if any(str(p) == "-" for p in images) else b""
 
     try:
         classifier = load_classifier(model, engine=engine)
@@ -106,8 +122,11 @@ def predict(
 
     results: list[dict] = []  # per image, in argument order: {"file", "error"} or {"file", "input"}
     for path in images:
+        notes: list[str] = []
         try:
-            results.append({"file": str(path), "input": preprocess(path, classifier.width)})
+            source = io.BytesIO(stdin) if str(path) == "-" else path
+            results.append({"file": str(path), "input": preprocess(source, classifier.width, notes),
+                            "warning": notes[0] if notes else None})
         except ImageError as e:
             results.append({"file": str(path), "error": str(e)})
         except OSError as e:  # missing file, a directory, unreadable permissions
@@ -128,7 +147,8 @@ def predict(
         out = [
             {"file": r["file"], "error": r["error"]}
             if "error" in r
-            else {"file": r["file"], **prediction_json(r["top"])}
+            else {"file": r["file"], **prediction_json(r["top"]),
+                  **({"warning": r["warning"]} if r["warning"] else {})}
             for r in results
         ]
         # one object per line: valid JSON for a parser, readable and greppable for a person
@@ -136,7 +156,7 @@ def predict(
     else:
         for r in results:
             if "error" not in r:
-                typer.echo(_format_text(r["file"], r["top"]))
+                typer.echo(_format_text(r["file"], r["top"], r["warning"]))
     if write_failed or any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
 

@@ -6,8 +6,10 @@ images in [0, 1]), "classes" (class names or null) and "meta" (free JSON: epochs
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -46,7 +48,7 @@ def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
     return x
 
 
-def save(path: str | os.PathLike, model: Sequential, *, normalization: dict,
+def save(path: str | os.PathLike | BinaryIO, model: Sequential, *, normalization: dict,
          input_shape: tuple[int, ...], classes: list[str] | None = None,
          meta: dict | None = None) -> str:
     """Write `model` and its input contract to one .npz; returns the sha256.
@@ -63,6 +65,29 @@ def save(path: str | os.PathLike, model: Sequential, *, normalization: dict,
                                    "meta": meta or {}})
 
 
+def _is_number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _check_fields(path, model: Sequential, ckpt: checkpoint.Checkpoint) -> None:
+    """The header's own fields must agree with each other and with the network."""
+    norm, classes, meta = (ckpt.fields[k] for k in _FIELDS)
+    if not (isinstance(norm, dict) and _is_number(norm.get("mean")) and _is_number(norm.get("std"))
+            and norm["std"] > 0):
+        raise ModelFileError(f"{path}: normalization {norm!r} is not a finite mean and a "
+                             f"positive std")
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: meta is {type(meta).__name__}, not a mapping")
+    out = model.forward(np.zeros((1, *ckpt.input_shape), np.float32), training=False)
+    if out.ndim != 2:
+        raise ModelFileError(f"{path}: the network outputs shape {out.shape[1:]}, not class scores")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != out.shape[1]
+                                or not all(isinstance(c, str) for c in classes)):
+        count = len(classes) if isinstance(classes, list) else type(classes).__name__
+        raise ModelFileError(f"{path}: classes lists {count} names, the network has "
+                             f"{out.shape[1]} outputs")
+
+
 def load(path: str | os.PathLike, engine: str = "fast") -> tuple[Sequential, ModelInfo]:
     """Rebuild the model saved at `path` on `engine`. Returns (model, ModelInfo).
 
@@ -70,6 +95,7 @@ def load(path: str | os.PathLike, engine: str = "fast") -> tuple[Sequential, Mod
     """
     model, ckpt = checkpoint.load(path, format=FORMAT, required=_FIELDS, engine=engine)
     f = ckpt.fields
+    _check_fields(path, model, ckpt)
     info = ModelInfo(normalization=f["normalization"], input_shape=ckpt.input_shape,
                      classes=f["classes"], meta=f["meta"], version=ckpt.version,
                      sha256=ckpt.sha256)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -39,6 +40,8 @@ INK_THRESHOLD = 0.25  # pixels this inked count for the bounding box and the dig
 MIN_SIDE_INK = 0.1  # a split of two digits must leave each side this share of the ink
 MIN_COMPONENT = 0.02  # a connected region with less of the ink is a speck
 LABEL_SIDE = 128  # connected regions are found on the ink pooled to at most this size
+MAX_ASPECT = 10  # a longer side more than this many times the shorter gets a warning
+MIN_INK_PIXELS = 10  # fewer inked pixels than this is a speck, not a digit: a warning
 
 Source = str | os.PathLike | IO[bytes] | Image.Image
 
@@ -86,7 +89,11 @@ def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
         try:
             im = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageTooLargeError(f"image too large ({e})") from None
+            # Pillow's own limit is higher than ours: quote ours, with the size it read
+            size = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = f"{int(size[1]) / 1e6:.1f} megapixels" if size else "too many pixels"
+            raise ImageTooLargeError(f"image too large: {pixels} "
+                                     f"(limit {MAX_PIXELS / 1e6:g})") from None
         except UnidentifiedImageError:
             raise NotAnImageError("not an image (unknown or unsupported format)") from None
         except (SyntaxError, ValueError, EOFError) as e:
@@ -346,22 +353,38 @@ def _box_of(piece: Piece) -> Box:
     return (int(col + box[1].start), int(row + box[0].start), int(col + box[1].stop), int(row + box[0].stop))
 
 
-def preprocess(source: Source, width: int = SIZE) -> np.ndarray:
+def degenerate(ink: np.ndarray) -> str | None:
+    """Why an image's answer deserves doubt (an extreme aspect ratio, a speck of ink), or None."""
+    h, w = ink.shape
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return f"extreme aspect ratio ({w}x{h}): the digit is squeezed to fit"
+    inked = int((ink > INK_THRESHOLD).sum())
+    if inked < MIN_INK_PIXELS:
+        return f"only {inked} inked pixel(s): a speck, not a digit"
+    return None
+
+
+def preprocess(source: Source, width: int = SIZE, notes: list[str] | None = None) -> np.ndarray:
     """An image file as the network's input. -> (28, width) uint8, light ink on black.
 
     width 28 treats the image as one digit; 56 as a two-digit number (MNIST-100), each
-    digit normalized into its own 28x28 half.
+    digit normalized into its own 28x28 half. A degenerate image (see `degenerate`) is
+    still processed; the reason is appended to `notes` when given.
     Raises NotAnImageError, ImageTooLargeError, BlankImageError (all ImageError) and,
     for a missing file, FileNotFoundError.
     """
-    return preprocess_explained(source, width)[0]
+    return preprocess_explained(source, width, notes)[0]
 
 
-def preprocess_explained(source: Source, width: int = SIZE) -> tuple[np.ndarray, Diagnostics]:
+def preprocess_explained(source: Source, width: int = SIZE, notes: list[str] | None = None
+                         ) -> tuple[np.ndarray, Diagnostics]:
     """preprocess, and how it read the image. -> ((28, width) uint8, Diagnostics)."""
     if width not in (SIZE, 2 * SIZE):
         raise ValueError(f"width must be {SIZE} (one digit) or {2 * SIZE} (two digits), not {width}")
     ink = ink_map(read_gray(source))
+    doubt = degenerate(ink)
+    if doubt and notes is not None:
+        notes.append(doubt)
     h, w = ink.shape
     if width == SIZE:
         pieces, split = [(ink, (0, 0))], None

@@ -132,8 +132,9 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"top_k must be an integer from 1 to {MAX_TOP_K}, not {top_k!r}")
     m = models[model]
+    warnings: list[str] = []  # degenerate images (preprocess), then the split's doubts
     try:
-        x, diag = preprocess_explained(io.BytesIO(image), m.classifier.width)
+        x, diag = preprocess_explained(io.BytesIO(image), m.classifier.width, notes=warnings)
     except ImageTooLargeError as e:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
     except BlankImageError as e:
@@ -142,7 +143,6 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
     with m.lock:
         top = rank(m.classifier, x[None], top_k)[0]
-    warnings = []
     if diag.touches_edge:
         warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
     if diag.split == "halves":

