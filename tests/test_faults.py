@@ -372,7 +372,7 @@ def test_bad_model_file_in_predict(tmp_path, kind):
      "mlp.layers: the network has 100 outputs (100,), the data has 10 classes (labels 0..9)"),
     ({"mlp": {"batch_size": 500}}, "mlp.batch_size: 500 is more than the 200 training images"),
     ({"mlpp": PARAMS["mlp"]}, "params.yaml: unknown section 'mlpp' (known: download, prepare, "
-                              "mnist100, mlp, cnn)"),
+                              "mnist100, mlp, cnn, tune)"),
 ])
 def test_bad_params_are_one_line_naming_the_key(trained, change, message):
     params = json.loads(json.dumps(PARAMS))

@@ -3,6 +3,7 @@
 import json
 import math
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,9 @@ def test_nn_tune_refuses_bad_settings_with_one_line(tmp_path, monkeypatch):
                                      "params.yaml (list items by index: mlp.layers.4.p)")
     result = CliRunner().invoke(app, ["tune", "cnn"])
     assert result.exit_code == 1 and "no section 'tune.cnn'" in result.output
+
+
+def test_the_stages_accept_the_tune_section_they_never_read():
+    from stages.common import known_sections
+
+    assert known_sections(Path(__file__).parents[1] / "params.yaml")[-1] == "tune"
