@@ -75,7 +75,8 @@ def test_a_search_then_a_retrain_through_the_dvc_queue(repo, monkeypatch):
     assert (repo / "reports" / "tune" / "mlp.png").read_bytes()[:4] == b"\x89PNG"
     bad = table[table["mlp.layers.1.out_features"] == 17]
     assert bad["status"].tolist() == ["failed"] and bad["rank"].tolist() == [3]
-    assert "train@mlp: error: layer" in bad["error"].iloc[0]      # its own reason, one line
+    assert bad["error"].iloc[0].startswith(                          # its own reason, one line
+        "train@mlp: error: mlp.layers[3] (Linear) cannot take input (17,)")
     ok = table[table["status"] == "ok"]
     assert ok["dev_acc"].tolist() == sorted(ok["dev_acc"], reverse=True)
 
