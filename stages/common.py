@@ -155,11 +155,13 @@ def validate(cls: type[P], data: Any, prefix: str) -> P:
 
 
 STAGE_SECTIONS = ("download", "prepare", "mnist100")  # the data stages' sections
+TOOL_SECTIONS = ("tune",)  # read by `nn tune` only (nn/mnist/tune.py checks it), never by a stage
 
 
 def known_sections(path: str | Path) -> list[str] | None:
     """The top-level sections params.yaml may have: the data stages' and one per model of the
-    `models` map in the dvc.yaml beside it; None without a dvc.yaml (a params file of its own)."""
+    `models` map in the dvc.yaml beside it, then the tools'; None without a dvc.yaml (a params
+    file of its own)."""
     pipeline = Path(path).parent / "dvc.yaml"
     if not pipeline.is_file():
         return None
@@ -167,7 +169,7 @@ def known_sections(path: str | Path) -> list[str] | None:
     for entry in (read_yaml(pipeline) or {}).get("vars") or []:
         if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
             known += [m for m in entry["models"] if m not in known]
-    return known
+    return known + [t for t in TOOL_SECTIONS if t not in known]
 
 
 def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") -> P:

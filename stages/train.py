@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -80,6 +81,9 @@ class TrainParams(Params):
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
+    # Train on a seeded random subset of this many training images (null: all of them); the
+    # dev set stays whole. `nn tune` uses it to make trials cheap.
+    train_size: Annotated[Int | None, Field(ge=1)] = None
 
     @model_validator(mode="after")
     def _engine_runs_on_device(self):
@@ -106,6 +110,24 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return d["images"], d["labels"].astype(np.int64)
 
 
+def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """`size` examples drawn without replacement (in their original order), or all of them."""
+    if size is None or size >= len(y):
+        return x, y
+    # A generator of its own: the training run's stream is the same with or without a subset.
+    keep = np.sort(np.random.default_rng([seed, len(y)]).choice(len(y), size, replace=False))
+    return x[keep], y[keep]
+
+
+def dev_metrics(history: list[dict]) -> dict:
+    """The training run's summary on the dev split (what a search ranks by): the best epoch's
+    dev accuracy, that epoch and the number of epochs run; all of it is in history.csv too."""
+    best = max(history, key=lambda r: r["dev_acc"])  # the first of equals
+    return {"dev_acc": round(best["dev_acc"], 6), "best_epoch": best["epoch"],
+            "epochs_run": len(history)}
+
+
 def history_csv(history: list[dict]) -> bytes:
     import pandas as pd
 
@@ -123,13 +145,14 @@ def main(
     data: Annotated[Path, typer.Option(help="Folder with train.npz and dev.npz.")],
     out: Annotated[Path, typer.Option(help="Where to write the trained model (.npz).")],
     history: Annotated[Path, typer.Option(help="Where to write the per-epoch history (.csv).")],
+    metrics: Annotated[Path, typer.Option(help="Where to write the dev metrics (.json).")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
     with fatal_errors(stage, DivergedError, DeviceError, OSError, ValueError):
         p = load_params(TrainParams, model, params)
         device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
-        x_train, y_train = load_split(data, "train")
+        x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
         if x_dev.shape[1:] != x_train.shape[1:]:
             raise ValueError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
@@ -199,14 +222,16 @@ def main(
                           early_stopping_patience=p.early_stopping_patience,
                           device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
-        best = max(r["dev_acc"] for r in records)
-        with write_together() as outputs:  # the model and its history, or neither
+        scores = dev_metrics(records)
+        with write_together() as outputs:  # the model, its history and its dev metrics, or none
             with outputs.open(out) as f:
                 save(f, net, normalization=normalization, input_shape=input_shape,
                      classes=classes, meta={"model": model, "epochs_run": len(records),
-                                            "best_dev_acc": best})
+                                            "best_dev_acc": scores["dev_acc"]})
             outputs.write_bytes(history, history_csv(records))
-        print(f"{stage}: best dev accuracy {best:.4f} -> {out}, {history}")
+            outputs.write_bytes(metrics, (json.dumps(scores, indent=2) + "\n").encode())
+        print(f"{stage}: best dev accuracy {scores['dev_acc']:.4f} (epoch {scores['best_epoch']}) "
+              f"-> {out}, {history}, {metrics}")
         print(f"{stage}: trained on the {p.engine} engine ({p.device}) in "
               f"{time.perf_counter() - start:.1f} s")
 

@@ -105,7 +105,8 @@ def run_train(root: Path, data="data/mnist"):
     with contextlib.chdir(root):
         return CliRunner().invoke(train.app, ["--model", "mlp", "--data", data, "--out",
                                               "models/mlp.npz", "--history",
-                                              "reports/mlp/history.csv"])
+                                              "reports/mlp/history.csv", "--metrics",
+                                              "reports/mlp/train.json"])
 
 
 def run_evaluate(root: Path, model="models/mlp.npz", data="data/mnist"):
@@ -371,7 +372,7 @@ def test_bad_model_file_in_predict(tmp_path, kind):
      "mlp.layers: the network has 100 outputs (100,), the data has 10 classes (labels 0..9)"),
     ({"mlp": {"batch_size": 500}}, "mlp.batch_size: 500 is more than the 200 training images"),
     ({"mlpp": PARAMS["mlp"]}, "params.yaml: unknown section 'mlpp' (known: download, prepare, "
-                              "mnist100, mlp, cnn)"),
+                              "mnist100, mlp, cnn, tune)"),
 ])
 def test_bad_params_are_one_line_naming_the_key(trained, change, message):
     params = json.loads(json.dumps(PARAMS))
@@ -442,7 +443,8 @@ def stage_cmd(stage: str) -> list[str]:
     args = {"synthesize": ["--mnist", "data/mnist", "--out", "data/mnist100",
                            "--samples", "reports/mnist100_samples.png"],
             "train": ["--model", "mlp", "--data", "data/mnist", "--out", "models/mlp.npz",
-                      "--history", "reports/mlp/history.csv"]}[stage]
+                      "--history", "reports/mlp/history.csv",
+                      "--metrics", "reports/mlp/train.json"]}[stage]
     return [sys.executable, "-m", f"stages.{stage}", *args]
 
 

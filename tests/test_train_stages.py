@@ -64,7 +64,8 @@ def run_train(tmp_path, data, name, params, dataset):
     out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
     result = CliRunner().invoke(train.app, [
         "--model", name, "--data", str(data / dataset), "--out", str(out),
-        "--history", str(history), "--params", str(path)])
+        "--history", str(history), "--metrics", str(tmp_path / "reports" / name / "train.json"),
+        "--params", str(path)])
     return result, out, history
 
 
@@ -118,6 +119,22 @@ def test_the_reference_engine_trains_end_to_end(tmp_path, data):
     assert load(out, engine="reference")[1].classes == [str(i) for i in range(10)]
 
 
+def test_the_dev_metrics_are_the_best_epoch_and_train_size_subsets(tmp_path, data):
+    result, _, history = run_train(tmp_path, data, "mlp", model_params(MLP, epochs=3, train_size=50),
+                                   "mnist")
+    assert result.exit_code == 0, result.output
+    assert "50 train / 200 dev images" in result.output
+    rows = pd.read_csv(history)
+    metrics = json.loads((tmp_path / "reports" / "mlp" / "train.json").read_text())
+    best = int(rows["dev_acc"].idxmax())
+    assert metrics == {"dev_acc": pytest.approx(rows["dev_acc"][best], abs=1e-6),
+                       "best_epoch": best + 1, "epochs_run": 3}
+    assert train.dev_metrics(rows.to_dict("records")) == metrics   # history.csv holds it all
+    x, y = train.subset(np.arange(200), np.arange(200), 50, seed=0)
+    assert len(set(x)) == 50 and (np.diff(x) > 0).all() and (x == y).all()
+    assert train.subset(np.arange(10), np.arange(10), None, seed=0)[0].tolist() == list(range(10))
+
+
 def test_a_missing_params_section_is_an_error(tmp_path, data):
     result, out, _ = run_train(tmp_path, data, "mlp", model_params(MLP), "mnist")
     assert result.exit_code == 0
@@ -125,6 +142,7 @@ def test_a_missing_params_section_is_an_error(tmp_path, data):
     result = CliRunner().invoke(train.app, ["--model", "cnn", "--data", str(data / "mnist100"),
                                             "--out", str(tmp_path / "x.npz"),
                                             "--history", str(tmp_path / "h.csv"),
+                                            "--metrics", str(tmp_path / "m.json"),
                                             "--params", str(path)])
     assert result.exit_code == 1 and "no section 'cnn'" in result.output
 

@@ -1,5 +1,8 @@
 """Threads for the engine: one worker per core, and BLAS held at one thread while they run.
 
+NN_THREADS=n caps the pool at n threads (`nn tune` gives each of its parallel trials
+cores / workers, with OPENBLAS_NUM_THREADS set alike, so that trials do not oversubscribe).
+
 numpy releases the GIL inside its loops and BLAS calls, so plain Python threads run im2col
 copies, matrix products and elementwise passes on all cores at once. Every split below depends
 only on the array sizes and the core count, so results are reproducible on one machine.
@@ -41,11 +44,21 @@ class _Workers:
             # convolutions simply run on one thread with threaded BLAS.
             self.blas = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
                          if lib.internal_api == "openblas"]
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            self.size = cores if self.blas else 1
+            self.size = thread_count() if self.blas else 1
             if self.size > 1:
                 self.pool = ThreadPoolExecutor(self.size, "nn-fast")
         return self.pool
+
+
+def thread_count() -> int:
+    """Threads the engine may use: the cores this process may run on, capped by NN_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cap = os.environ.get("NN_THREADS", "").strip()
+    if not cap:
+        return cores
+    if not cap.isdigit() or int(cap) < 1:
+        raise ValueError(f"NN_THREADS={cap!r}: expected a whole number of threads >= 1")
+    return min(cores, int(cap))
 
 
 _WORKERS = _Workers()

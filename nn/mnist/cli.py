@@ -27,7 +27,7 @@ EXIT_MODEL = 2  # the model could not be used; nothing was predicted
 @app.callback()
 def main() -> None:
     """From-scratch NumPy neural networks on MNIST and MNIST-100."""
-    # A callback keeps the commands subcommands (`nn predict ...`, `nn serve`).
+    # A callback keeps the commands subcommands (`nn predict ...`, `nn serve`, `nn tune`).
 
 
 def _fail(message: str) -> None:
@@ -202,6 +202,106 @@ def serve(
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+
+
+MODEL_HELP = "Model name: its params.yaml section (mlp, cnn)."
+PARAMS_HELP = "Params file."
+EXIT_TUNE = 1  # bad params, or DVC/git cannot run the search
+
+
+@app.command("lr-find")
+def lr_find(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)],
+    steps: Annotated[int, typer.Option(min=2, help="Training steps (batches) of the test.")] = 300,
+    min_lr: Annotated[float, typer.Option(min=0, help="First learning rate.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(min=0, help="Last learning rate.")] = 1.0,
+    data: Annotated[Path | None, typer.Option(
+        help="Folder with train.npz; default data/<dataset of MODEL in dvc.yaml>.",
+        show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for MODEL.csv and MODEL.png.")] = Path("reports/lr-find"),
+    params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
+) -> None:
+    """Learning-rate range test (Smith 2017): train a fresh MODEL for a few hundred steps while
+    the rate rises exponentially from --min-lr to --max-lr; write the smoothed loss against the
+    rate (MODEL.csv for `dvc plots`, MODEL.png) and print a suggested rate and its rule.
+
+    Seeded from the model's params; stops early when the loss explodes.
+    """
+    import pandas as pd
+
+    from nn.files import write_bytes
+    from nn.mnist.charts import xy_chart
+    from nn.mnist.pictures import png_bytes
+    from nn.mnist.tune import dataset_of
+    from nn.mnist.tune import lr_find as run
+    from stages.common import ParamsError
+
+    try:
+        data = data or Path("data") / dataset_of(model, Path("dvc.yaml"))
+        records, lr, rule = run(model, params, data, steps=steps, min_lr=min_lr, max_lr=max_lr)
+    except (ParamsError, OSError, ValueError) as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_TUNE) from None
+    table = pd.DataFrame(records)
+    write_bytes(out / f"{model}.csv", table.to_csv(index=False, float_format="%.6g").encode())
+    chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True, mark_x=lr,
+                     title=f"nn lr-find {model}: {len(table)} steps, suggested lr {lr:.2g}",
+                     x_label="learning rate", y_label="training loss (smoothed)")
+    write_bytes(out / f"{model}.png", png_bytes(chart))
+    stopped = "" if len(table) == steps else f", stopped at step {len(table)}: the loss exploded"
+    typer.echo(f"lr-find: {model}: {len(table)} steps from {min_lr:g} to {table['lr'].iloc[-1]:.3g}"
+               f"{stopped} -> {out / f'{model}.csv'}, {out / f'{model}.png'}")
+    typer.echo(f"lr-find: suggested lr {lr:.2g}: {rule}")
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)],
+    trials: Annotated[int | None, typer.Option(min=1, help="Trials (default: tune.MODEL.trials).",
+                                               show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Parallel DVC queue workers "
+                                                "(default: tune.MODEL.workers).", show_default=False)] = None,
+    retrain: Annotated[bool, typer.Option(help="Then run the best trial's params at the full "
+                                                "budget as one more experiment.")] = False,
+    prefix: Annotated[str | None, typer.Option(help="Experiment names PREFIX-01, ... (default "
+                                                    "tune-MODEL-SEED).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for MODEL.csv and MODEL.png.")] = Path("reports/tune"),
+    params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
+    poll: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the queue.")] = 5.0,
+) -> None:
+    """Random search over MODEL's params as real DVC experiments, ranked by dev accuracy.
+
+    The space, trial count, workers, seed and per-trial budget are in params.yaml under
+    tune.MODEL. Each trial is queued as `dvc exp run --queue --name PREFIX-NN -S path=value`;
+    the queue runs with --workers workers of cores/workers threads each. A failed trial is
+    listed with its reason. Ctrl-C removes the trials still queued and kills the running ones.
+    """
+    from nn.mnist.tune import TuneError
+    from nn.mnist.tune import tune as run
+    from stages.common import ParamsError
+
+    try:
+        r = run(Path.cwd(), model, params, out, trials=trials, workers=workers, prefix=prefix,
+                retrain=retrain, poll=poll, echo=typer.echo)
+    except (ParamsError, TuneError, OSError) as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_TUNE) from None
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        raise typer.Exit(130) from None
+    table = r["table"]
+    shown = table.head(5).drop(columns=["error"]) if (table["status"] == "ok").all() else table.head(5)
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    typer.echo(f"tune: best {r['best']}: `dvc exp show`, `dvc exp diff {r['best']}`")
+    if r["final"]:
+        f = r["final"]
+
+        def pct(v):
+            return "-" if v is None else f"{100 * v:.2f} %"
+        typer.echo(f"tune: retrained {f['name']}: dev {pct(f['dev_acc'])}, test {pct(f['test_acc'])}"
+                   f" (baseline: dev {pct(f['baseline_dev_acc'])}, test {pct(f['baseline_test_acc'])})")
+        typer.echo(f"tune: keep it with `dvc exp apply {f['name']}` or "
+                   f"`dvc exp branch {f['name']} {f['name']}`")
 
 
 if __name__ == "__main__":
