@@ -116,6 +116,8 @@ def write_together() -> Iterator[Outputs]:
     Each file goes to a temporary beside its final path; when the block ends without an
     exception all are renamed into place, one after the other with signals held back. On any
     exception (Ctrl-C included) the temporaries are removed and the old files stay as they were.
+    Only SIGKILL, which cannot be held back, landing inside the renames themselves (a few
+    syscalls) can split the group; DVC then sees outputs that match no lock and reruns the stage.
     """
     outputs = Outputs()
     try:
