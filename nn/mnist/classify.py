@@ -44,9 +44,6 @@ def load_classifier(path: str | os.PathLike, engine: str = "fast") -> Classifier
     if len(shape) != 3 or shape[0] != 28 or shape[1] not in (28, 56) or shape[2] != 1:
         raise modelfile.ModelFileError(
             f"{path}: input shape {shape} is neither 28x28x1 (one digit) nor 28x56x1 (two digits)")
-    norm = info.normalization
-    if not isinstance(norm, dict) or not all(type(norm.get(k)) in (int, float) for k in ("mean", "std")):
-        raise modelfile.ModelFileError(f"{path}: normalization {norm!r} lacks a numeric mean and std")
     n_out = net.forward(np.zeros((1, *shape), np.float32), training=False).shape[1]
     classes = info.classes or [str(i) for i in range(n_out)]
     return Classifier(path=path, net=net, info=info, width=shape[1], classes=classes)
