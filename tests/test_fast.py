@@ -19,7 +19,6 @@ F64 = np.float64
 def threaded(request, monkeypatch):
     """Also run every convolution and elementwise pass on all cores, one image per chunk."""
     if request.param:
-        monkeypatch.setattr(threads, "PARALLEL_MIN_K", 1)
         monkeypatch.setattr(threads, "PARALLEL_MIN_SIZE", 0)
         monkeypatch.setattr(kernels, "CHUNK_ROWS", 1)
     return request.param
@@ -70,10 +69,21 @@ def test_conv2d(c_in, c_out, k, s, p, h, w, threaded):
     assert_same(a, b, np.random.default_rng(3).standard_normal((3, h, w, c_in)))
 
 
-def test_conv2d_chunks_with_a_ragged_last_chunk(monkeypatch):
-    monkeypatch.setattr(kernels, "CHUNK_ROWS", 3 * 6 * 7)  # 3 images per chunk, 7 images
-    a, b = pair(lambda m, rng: m.Conv2d(2, 3, 3, padding=1, rng=rng, dtype=F64))
-    assert_same(a, b, np.random.default_rng(4).standard_normal((7, 6, 7, 2)))
+@pytest.mark.parametrize("c_in,per_chunk", [(2, 4), (8, 3)])  # im2col widths 18 (narrow), 72
+def test_conv2d_chunks_with_a_ragged_last_chunk(c_in, per_chunk, monkeypatch):
+    monkeypatch.setattr(kernels, "NARROW_CHUNK_FACTOR", 4)
+    monkeypatch.setattr(kernels, "CHUNK_ROWS", 3 * 6 * 7 if c_in == 8 else 6 * 7)  # 6x7 images
+    assert kernels.images_per_chunk(6 * 7, 7, 9 * c_in) == per_chunk  # of 7
+    a, b = pair(lambda m, rng: m.Conv2d(c_in, 3, 3, padding=1, rng=rng, dtype=F64))
+    assert_same(a, b, np.random.default_rng(4).standard_normal((7, 6, 7, c_in)))
+
+
+def test_narrow_convolutions_take_longer_chunks():
+    assert kernels.images_per_chunk(100, 1000, kernels.NARROW_K) == kernels.CHUNK_ROWS // 100
+    assert kernels.images_per_chunk(100, 1000, kernels.NARROW_K - 1) == \
+        kernels.CHUNK_ROWS * kernels.NARROW_CHUNK_FACTOR // 100
+    assert kernels.images_per_chunk(10 ** 6, 5, 1) == 1  # at least one image
+    assert kernels.images_per_chunk(1, 5, 1000) == 5  # at most all of them
 
 
 @pytest.mark.parametrize("k,s,h,w", [(2, None, 6, 8), (2, None, 7, 9), (3, 2, 7, 8), (2, 1, 5, 4),
@@ -232,7 +242,6 @@ def test_training_backward_skips_dx_and_layers_before_the_first_parameters():
 
 
 def test_threaded_convolution_is_deterministic(monkeypatch):
-    monkeypatch.setattr(threads, "PARALLEL_MIN_K", 1)
     monkeypatch.setattr(threads, "PARALLEL_MIN_SIZE", 0)
     monkeypatch.setattr(kernels, "CHUNK_ROWS", 1)
     model = build(pattern_spec(["conv", "relu", "pool"], 8), np.random.default_rng(15))

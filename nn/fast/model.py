@@ -44,8 +44,7 @@ class FastSequential(Sequential):
 
     def _blas_mode(self):
         """One-threaded BLAS for the whole pass if a convolution runs on our own threads."""
-        threaded = any(isinstance(layer, Conv2d) and threads.uses_threads(layer.params["W"][..., 0].size)
-                       for layer in self.layers)
+        threaded = threads.uses_threads() and any(isinstance(layer, Conv2d) for layer in self.layers)
         return threads.single_threaded_blas() if threaded else contextlib.nullcontext()
 
     def forward(self, x, training):
