@@ -19,16 +19,19 @@ from numpy.lib.stride_tricks import as_strided
 from nn.fast.threads import parallel as _parallel
 
 # Output pixels (im2col rows) per chunk of images: small enough for the chunk's buffers to stay
-# in cache, large enough that numpy's per-call overhead does not dominate. Measured best for
-# both convolutions of the default CNN, forward and backward, between 3,000 and 6,000.
-CHUNK_ROWS = 4096
+# in cache, large enough that numpy's per-call overhead does not dominate. For the 32 -> 64
+# convolution of the default CNN on two threads, 2 images (784 rows, a 0.9 MB im2col buffer per
+# thread) ran its forward 1.3x and its backward 1.6x faster than the 10 of 4,096 rows, which the
+# Intel VM with its larger caches had preferred; 1 or 3 images were a little slower.
+CHUNK_ROWS = 1024
 
 # A narrow im2col row (kh*kw*C_in below NARROW_K numbers: a 3x3 convolution of one channel) is
 # cheap, and its chunk's time goes to numpy's per-call overhead and the threads' hand-overs of
 # the GIL: such convolutions take chunks NARROW_CHUNK_FACTOR times longer. Measured on the
-# 1 -> 32 convolution at batch 128 on two threads: forward + backward 35 ms -> 19 ms.
+# 1 -> 32 convolution at batch 128 on two threads: forward + backward 35 ms at 2 images a chunk,
+# 19 ms at 10 (16,384 rows), 22 ms at 20.
 NARROW_K = 64
-NARROW_CHUNK_FACTOR = 4
+NARROW_CHUNK_FACTOR = 16
 
 
 class Scratch:
