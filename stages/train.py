@@ -93,11 +93,12 @@ class TrainParams(Params):
         return self
 
 
-def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
+def make_optimizer(p: OptimizerParams, engine_name: str = "reference") -> optim.Optimizer:
+    """The optimiser of `p` for a model on engine `engine_name` (nn.engine.optimizer_class)."""
     if p.name == "sgd":
         return optim.SGD(p.lr, momentum=p.momentum, nesterov=p.nesterov,
                          weight_decay=p.weight_decay)
-    cls = optim.Adam if p.name == "adam" else optim.AdamW
+    cls = engine.optimizer_class(optim.Adam if p.name == "adam" else optim.AdamW, engine_name)
     return cls(p.lr, weight_decay=p.weight_decay)
 
 
@@ -173,7 +174,7 @@ def main(
                                      steps_per_epoch, **p.schedule.args)
         except ValueError as e:
             raise ParamsError(f"{model}.schedule: {e}") from None
-        opt = make_optimizer(p.optimizer)
+        opt = make_optimizer(p.optimizer, p.engine)
 
         # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),

@@ -6,9 +6,11 @@ import pytest
 from test_layers import CONV_CASES
 
 from nn import layers as ref
-from nn.engine import build
+from nn import optim
+from nn.engine import build, optimizer_class
 from nn.fast import FastSequential, kernels, threads
 from nn.fast import layers as fast
+from nn.fast import optim as fast_optim
 from nn.gradcheck import check_gradients
 from nn.model import Sequential
 
@@ -272,3 +274,117 @@ def test_blas_is_held_at_one_thread_inside_and_restored_after():
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine must be one of fast, reference"):
         build(CNN_SPEC, np.random.default_rng(0), "turbo")
+
+
+# ---------------------------------------------------------------- the flat-buffer optimisers
+
+def train_steps(model, opt, steps=4, seed=20):
+    """A few training steps of `model` with `opt`, the learning rate changing as a schedule's."""
+    rng = np.random.default_rng(seed)
+    dtype = next(iter(model.params().values())).dtype
+    for i in range(steps):
+        x = tied(rng, 4, 8, 16, 1).astype(dtype)
+        for layer in model.layers:
+            if isinstance(layer, ref.Dropout):
+                layer.rng = np.random.default_rng(i)
+        out = model.forward(x, training=True)
+        model.backward(rng.standard_normal(out.shape).astype(dtype), input_grad=False)
+        opt.lr = 1e-2 / (i + 1)
+        opt.step(model.params(), model.grads())
+    return {k: v.copy() for k, v in model.params().items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_fast_adam_equals_the_reference_bit_for_bit(name, dtype, threaded):
+    """FastAdam(W) on the fast engine's flat buffers, in place, against nn.optim's on the same
+    model: the same passes in the same order, so the same bits, threads or not."""
+    results = []
+    for cls in (getattr(optim, name), getattr(fast_optim, f"Fast{name}")):
+        model = build(CNN_SPEC, np.random.default_rng(3), "fast")
+        if dtype is F64:
+            model = float64(model)
+            model._flatten()
+        opt = cls(1e-2, weight_decay=0.1)
+        params = train_steps(model, opt)
+        if cls is not getattr(optim, name):  # the update ran in place on the model's buffers
+            assert opt._flat.borrowed_p and opt._flat.borrowed_g == (name == "AdamW")
+        results.append((params, opt.state_dict()))
+    (p_ref, s_ref), (p_fast, s_fast) = results
+    assert p_ref.keys() == p_fast.keys() and s_ref.keys() == s_fast.keys()
+    for k in p_ref:
+        assert p_fast[k].dtype == dtype
+        np.testing.assert_array_equal(p_fast[k], p_ref[k])
+    for k in s_ref:
+        np.testing.assert_array_equal(s_fast[k], s_ref[k])
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_fast_adam_on_separate_arrays_and_after_load_state_dict(name):
+    """Params that are not the engine's flat views (the reference engine's) are copied in and
+    out; a loaded state, or one left by a reference step, is picked up. All bit-identical."""
+    ref_opt, fast_opt = getattr(optim, name)(1e-2, weight_decay=0.1), getattr(fast_optim, f"Fast{name}")(1e-2, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    start = {"0.W": rng.standard_normal((5, 3)), "0.b": rng.standard_normal(3),
+             "1.W": rng.standard_normal((2, 2, 3, 4)), "1.b": rng.standard_normal(4)}
+    p_ref = {k: v.copy() for k, v in start.items()}
+    p_fast = {k: v.copy() for k, v in start.items()}
+    for i in range(5):
+        grads = {k: rng.standard_normal(v.shape) for k, v in start.items()}
+        g_before = {k: v.copy() for k, v in grads.items()}
+        ref_opt.step(p_ref, grads)
+        if i == 2:  # the reference's state carried over through a state_dict
+            fast_opt = getattr(fast_optim, f"Fast{name}")(1e-2, weight_decay=0.1)
+            fast_opt.load_state_dict(ref_opt.state_dict())
+            p_fast = {k: v.copy() for k, v in p_ref.items()}
+            continue
+        fast_opt.step(p_fast, grads)
+        assert not fast_opt._flat.borrowed_p
+        for k in grads:  # the gradients are left alone (Adam's decay works on a copy)
+            np.testing.assert_array_equal(grads[k], g_before[k])
+        for k in start:
+            np.testing.assert_array_equal(p_fast[k], p_ref[k])
+    for k, v in ref_opt.state_dict().items():
+        np.testing.assert_array_equal(fast_opt.state_dict()[k], v)
+
+
+def test_fast_adam_takes_the_reference_path_for_mixed_dtypes():
+    params = {"0.W": np.ones((2, 2), np.float32), "0.b": np.ones(2, F64)}
+    grads = {k: np.full_like(v, 0.5) for k, v in params.items()}
+    expected = {k: v.copy() for k, v in params.items()}
+    optim.AdamW(0.1).step(expected, grads)
+    opt = fast_optim.FastAdamW(0.1)
+    opt.step(params, grads)
+    assert opt._flat is None
+    for k in params:
+        np.testing.assert_array_equal(params[k], expected[k])
+    with pytest.raises(ValueError, match="different keys"):
+        opt.step(params, {"0.W": grads["0.W"]})
+
+
+def test_the_engine_keeps_params_and_grads_on_flat_buffers():
+    model = build(CNN_SPEC, np.random.default_rng(3), "fast")
+    reference = build(CNN_SPEC, np.random.default_rng(3), "reference")
+    params = model.params()
+    for k, v in reference.params().items():  # same values as the reference model's
+        np.testing.assert_array_equal(params[k], v)
+    order = fast_optim.flat_order(params)
+    assert order[:3] == ["0.W", "3.W", "8.W"]  # weights that decay first
+    base = fast_optim.flat_base([params[k] for k in order])
+    assert base is not None and base.size == model.num_params()
+    model.forward(tied(np.random.default_rng(1), 4, 8, 16, 1).astype(np.float32), training=True)
+    model.backward(np.ones((4, 5), np.float32), input_grad=False)
+    grads = model.grads()
+    assert fast_optim.flat_base([grads[k] for k in order]) is not None
+    assert fast_optim.flat_base([params[k] for k in reversed(order)]) is None
+
+
+def test_the_engine_picks_its_optimisers():
+    assert optimizer_class(optim.AdamW, "fast") is fast_optim.FastAdamW
+    assert optimizer_class(optim.Adam, "fast") is fast_optim.FastAdam
+    assert optimizer_class(optim.SGD, "fast") is optim.SGD
+    assert optimizer_class(optim.AdamW, "reference") is optim.AdamW
+    assert issubclass(fast_optim.FastAdamW, optim.AdamW) and fast_optim.FastAdamW.decoupled
+    assert not fast_optim.FastAdam.decoupled
+    with pytest.raises(ValueError, match="engine must be one of"):
+        optimizer_class(optim.AdamW, "turbo")

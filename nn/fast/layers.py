@@ -10,7 +10,9 @@ and name) and overrides only `forward`/`backward`. What changes is how the arith
     `np.maximum` calls, or run fused with its ReLU and pool (`forward_pool`); `FastSequential`
     decides when;
   * Linear and BatchNorm split their rows over the threads inside a CNN's pass;
-  * `backward(dout, input_grad=False)` skips dx for the first layer of a model.
+  * `backward(dout, input_grad=False)` skips dx for the first layer of a model;
+  * gradients go into the buffers `FastSequential` hands out (`_Grads`), views into one flat
+    array that `nn.fast.optim` updates in a few passes.
 ReLU, Dropout and Flatten have nothing to gain and are the reference classes themselves.
 `tests/test_fast.py` holds every path here to the reference layers.
 """
@@ -24,7 +26,27 @@ from nn.fast import kernels, threads
 from nn.layers import Dropout, Flatten, ReLU
 
 
-class Linear(ref.Linear):
+class _Grads:
+    """Gradients written into `grad_buffers` (name -> array, set by FastSequential: views into
+    its flat gradient buffer) where shape and dtype fit, into fresh arrays otherwise. As in the
+    reference, `grads` hold the last backward's gradients; here a backward overwrites them."""
+
+    grad_buffers: dict[str, np.ndarray] = {}
+
+    def _grad_out(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        buf = self.grad_buffers.get(name)
+        if buf is not None and buf.shape == tuple(shape) and buf.dtype == dtype:
+            return buf
+        return np.empty(shape, dtype)
+
+    def _set_grad(self, name: str, value: np.ndarray) -> None:
+        out = self._grad_out(name, value.shape, value.dtype)
+        if out is not value:
+            np.copyto(out, value)
+        self.grads[name] = out
+
+
+class Linear(_Grads, ref.Linear):
     __doc__ = ref.Linear.__doc__
 
     def forward(self, x, training):
@@ -44,7 +66,7 @@ class Linear(ref.Linear):
     def backward(self, dout, input_grad=True):
         x = self._need_cache()
         w = self.params["W"]
-        dw = np.empty(w.shape, np.result_type(x, dout))
+        dw = self._grad_out("W", w.shape, np.result_type(x, dout))
         # split over threads only inside a CNN's one-thread-BLAS pass, for big enough products
         size = x.shape[0] * w.size // 64 if threads.split_matmuls() else 0
 
@@ -54,7 +76,7 @@ class Linear(ref.Linear):
         threads.parallel_rows(in_rows, w.shape[0], size)
         self.grads["W"] = dw
         if "b" in self.params:
-            self.grads["b"] = dout.sum(axis=0)
+            self.grads["b"] = dout.sum(axis=0, out=self._grad_out("b", dout.shape[1:], dout.dtype))
         if not input_grad:
             return None
         dx = np.empty(x.shape, dw.dtype)
@@ -62,7 +84,7 @@ class Linear(ref.Linear):
         return dx
 
 
-class Conv2d(ref.Conv2d):
+class Conv2d(_Grads, ref.Conv2d):
     __doc__ = ref.Conv2d.__doc__
 
     @functools.cached_property
@@ -131,7 +153,10 @@ class Conv2d(ref.Conv2d):
         cache = self._need_cache()
         if cache[0] == "reference":
             self.cache = cache[1]
-            return super().backward(dout)
+            dx = super().backward(dout)
+            for k, g in list(self.grads.items()):
+                self._set_grad(k, g)
+            return dx
         wt = self.params["W"]
         f = wt.shape[3]
         w_flip = self._w_flip() if input_grad else None
@@ -146,9 +171,9 @@ class Conv2d(ref.Conv2d):
             dw, db, dx = kernels.conv_backward(xp, lambda n0, m, scr: dout[n0:n0 + m], wt.reshape(-1, f),
                                                w_flip, self.kh, self.kw, ho, wo, self.pads, pool_layout,
                                                self._scratch)
-        self.grads["W"] = dw.reshape(wt.shape)
+        self._set_grad("W", dw.reshape(wt.shape))
         if "b" in self.params:
-            self.grads["b"] = db
+            self._set_grad("b", db)
         return dx
 
 
@@ -216,7 +241,7 @@ def _channel_sum(a: np.ndarray) -> np.ndarray:
     return np.ones(a.shape[0], a.dtype) @ a
 
 
-class _FastBatchNorm:
+class _FastBatchNorm(_Grads):
     """BatchNorm's passes over (M, C) rows, each split over row ranges run on all cores
     (memory-bound work), with per-channel sums as BLAS products."""
 
@@ -273,7 +298,8 @@ class _FastBatchNorm:
         parts = rows(sums)
         dbeta = sum(p[0] for p in parts)
         dgamma = sum(p[1] for p in parts) * inv_std
-        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        self._set_grad("gamma", dgamma)
+        self._set_grad("beta", dbeta)
         # dx = gamma/sigma * (dout - mean(dout) - xhat * mean(dout * xhat)), xhat = (x - mean)/sigma
         k = self.params["gamma"] * inv_std
         coef = -k * inv_std * dgamma / m

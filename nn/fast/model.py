@@ -2,7 +2,10 @@
 
 import contextlib
 
+import numpy as np
+
 from nn.fast import threads
+from nn.fast.optim import flat_order
 from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU
 from nn.model import Sequential
 
@@ -18,6 +21,10 @@ class FastSequential(Sequential):
     summation order), and `pool_layout = False` turns all this off. A model with threaded
     convolutions holds BLAS at one thread for the whole pass. In training the backward pass stops
     at the first layer with parameters and skips its dx (a third of an MLP's backward).
+
+    The parameters live in one flat buffer and the layers write their gradients into another
+    (views, in `nn.fast.optim.flat_order`), so that `nn.fast.optim.FastAdam` updates them all
+    in a few passes, in place.
     """
 
     LAYERS = LAYERS
@@ -34,6 +41,29 @@ class FastSequential(Sequential):
                     j += 1
                 if j < len(self.layers) and isinstance(self.layers[j], MaxPool2d) and self.layers[j].is_2x2:
                     self._pool_pairs[i] = j
+        self._flatten()
+
+    def _flatten(self):
+        """Move the parameters into one flat buffer and give each layer views into a flat
+        gradient buffer (`grad_buffers`), both in `flat_order`. Mixed dtypes stay as they are."""
+        params = self.params()
+        if not params or len({p.dtype for p in params.values()}) > 1:
+            return
+        owner = {f"{i}.{k}": (layer, k) for i, layer in enumerate(self.layers) for k in layer.params}
+        dtype = next(iter(params.values())).dtype
+        flat_p = np.empty(sum(p.size for p in params.values()), dtype)
+        flat_g = np.zeros_like(flat_p)
+        offset = 0
+        for name in flat_order(params):
+            layer, k = owner[name]
+            p = params[name]
+            view = flat_p[offset:offset + p.size].reshape(p.shape)
+            view[...] = p
+            layer.params[k] = view
+            if "grad_buffers" not in vars(layer):
+                layer.grad_buffers = {}
+            layer.grad_buffers[k] = flat_g[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
 
     def to(self, device):
         """The engine is NumPy code with CPU threads: it stays on the CPU."""

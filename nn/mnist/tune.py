@@ -454,7 +454,7 @@ def lr_find(model: str, params: Path, data: Path, *, steps: int, min_lr: float, 
     rng = np.random.default_rng(p.seed)
     net = engine.build(list(p.layers), rng, engine=p.engine)
     fill = np.float32(-norm["mean"] / norm["std"])
-    records = lr_range_test(net, make_optimizer(p.optimizer), x, y, rng=rng, min_lr=min_lr,
+    records = lr_range_test(net, make_optimizer(p.optimizer, p.engine), x, y, rng=rng, min_lr=min_lr,
                             max_lr=max_lr, steps=steps, batch_size=p.batch_size,
                             augment=(lambda xb, g: random_shift(xb, p.max_shift, g, fill=fill))
                             if p.max_shift else None)
