@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field
 from tqdm import tqdm
 
 from nn import engine, optim
 from nn.augment import random_shift
-from nn.backend import DEVICES, DeviceError, get_device
+from nn.backend import CPU, DEVICES, Device, DeviceError, get_device
 from nn.engine import ENGINES
 from nn.files import Array, load_npz, write_together
 from nn.mnist.modelfile import normalize, save
@@ -75,7 +75,7 @@ class TrainParams(Params):
         tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...],
         AfterValidator(_buildable)]
     engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
-    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays, reference engine
+    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays (nn.backend)
     transfer: Literal[TRANSFERS] = "batch"                 # gpu: data copied per batch or once
     label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
@@ -85,20 +85,14 @@ class TrainParams(Params):
     # dev set stays whole. `nn tune` uses it to make trials cheap.
     train_size: Annotated[Int | None, Field(ge=1)] = None
 
-    @model_validator(mode="after")
-    def _engine_runs_on_device(self):
-        if self.device != "cpu" and self.engine == "fast":
-            raise param_error("engine", f"'fast' runs on the CPU only; device {self.device} "
-                                        f"needs engine 'reference'")
-        return self
 
-
-def make_optimizer(p: OptimizerParams) -> optim.Optimizer:
+def make_optimizer(p: OptimizerParams, engine_name: str = "fast",
+                   device: Device = CPU) -> optim.Optimizer:
+    """The params' optimiser, as the engine runs it on the device (nn.engine.optimizer)."""
     if p.name == "sgd":
-        return optim.SGD(p.lr, momentum=p.momentum, nesterov=p.nesterov,
-                         weight_decay=p.weight_decay)
-    cls = optim.Adam if p.name == "adam" else optim.AdamW
-    return cls(p.lr, weight_decay=p.weight_decay)
+        return engine.optimizer("sgd", engine_name, device, lr=p.lr, momentum=p.momentum,
+                                nesterov=p.nesterov, weight_decay=p.weight_decay)
+    return engine.optimizer(p.name, engine_name, device, lr=p.lr, weight_decay=p.weight_decay)
 
 
 # What a training split must hold: raw images (n, H, W) and one integer label each.
@@ -173,7 +167,7 @@ def main(
                                      steps_per_epoch, **p.schedule.args)
         except ValueError as e:
             raise ParamsError(f"{model}.schedule: {e}") from None
-        opt = make_optimizer(p.optimizer)
+        opt = make_optimizer(p.optimizer, p.engine, device)
 
         # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
