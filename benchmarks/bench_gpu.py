@@ -192,6 +192,10 @@ def transfer_times(device, params, splits) -> None:
     for transfer in TRANSFERS:
         model, opt, schedule, augment, norm, rng = make_run(p, images, device, steps, 1)
         x = normalize(images, norm)
+        # untimed: CuPy compiles each new kernel on its first call (a second or so each)
+        fit(model, opt, x[:1024], labels[:1024], x[:256], labels[:256], epochs=1,
+            batch_size=p["batch_size"], rng=np.random.default_rng(0), augment=augment,
+            device=device, transfer=transfer)
         t0 = time.perf_counter()
         fit(model, opt, x, labels, epochs=1, batch_size=p["batch_size"], rng=rng, schedule=schedule,
             augment=augment, label_smoothing=p.get("label_smoothing", 0.0),

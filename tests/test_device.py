@@ -15,6 +15,7 @@ from nn.engine import build, optimizer
 from nn.fast import FastSequential
 from nn.gpu import GpuSequential
 from nn.gpu import optim as gpu_optim
+from nn.gpu.layers import BLOCK_ROWS, row_blocks, tall_grads
 from nn.model import Sequential
 from nn.optim import SGD, AdamW
 from nn.train import fit
@@ -103,6 +104,18 @@ def test_the_fast_engine_is_the_engine_of_the_device():
         GpuSequential.from_spec(SPEC, np.random.default_rng(0)).to(CPU)
     with pytest.raises(ValueError, match="engine must be one of fast, reference, got 'turbo'"):
         build(SPEC, np.random.default_rng(0), "turbo")
+
+
+@pytest.mark.parametrize("n, rows, bias", [(512, 1568, True), (7, 30, False), (1, 5, True), (6, 4096, True)])
+def test_the_gpu_engines_blocked_weight_gradients_are_the_plain_products(n, rows, bias):
+    """nn.gpu.layers.tall_grads is array-module generic: checked here on NumPy, on CuPy in test_gpu."""
+    rng = np.random.default_rng(n)
+    cols, dout = rng.standard_normal((n * rows, 9)), rng.standard_normal((n * rows, 4))
+    g = row_blocks(n, rows)
+    assert n % g == 0 and (g * rows <= BLOCK_ROWS or g == 1)
+    dw, db = tall_grads(cols, dout, n, bias)
+    np.testing.assert_allclose(dw, cols.T @ dout, rtol=1e-10, atol=1e-10)
+    assert db is None if not bias else np.allclose(db, dout.sum(axis=0), rtol=1e-10, atol=1e-10)
 
 
 def test_the_optimizer_is_the_engines_and_the_reference_math_off_the_gpu():

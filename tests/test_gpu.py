@@ -202,8 +202,7 @@ def train(device, transfer="batch", engine_name="reference"):
     model = build(SPEC, rng, engine_name, device=device)
     opt = engine.optimizer("adamw", engine_name, device, lr=0.003, weight_decay=1e-4)
     history = fit(model, opt, x[:1000], y[:1000], x[1000:], y[1000:],
-                  epochs=3, batch_size=64, rng=rng, augment=lambda xb, g: random_shift(xb, 1, g),
-                  device=device, transfer=transfer)
+                  epochs=3, batch_size=64, rng=rng, device=device, transfer=transfer)
     return model, history
 
 
