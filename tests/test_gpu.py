@@ -179,7 +179,9 @@ SPEC = [
     {"type": "ReLU"},
     {"type": "MaxPool2d", "kernel_size": 2},
     {"type": "Flatten"},
-    {"type": "Linear", "in_features": 8 * 7 * 7, "out_features": 32},
+    # no bias before BatchNorm: its gradient is 0 up to rounding, which Adam's normalised steps
+    # turn into a random walk that differs between devices (a bias there is never learnt)
+    {"type": "Linear", "in_features": 8 * 7 * 7, "out_features": 32, "bias": False},
     {"type": "BatchNorm1d", "num_features": 32},
     {"type": "ReLU"},
     {"type": "Dropout", "p": 0.2},
