@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nn import engine
-from nn.augment import random_shift
+from nn.augment import random_shift, random_warp
 from nn.backend import CPU, DeviceError, get_device, to_numpy
 from nn.engine import build
 from nn.gpu import layers as gpu_layers
@@ -165,6 +165,13 @@ def test_optimizers_and_clipping_match_the_cpu_and_keep_state_on_the_gpu(make):
     resumed.step(on_gpu, {k: GPU.asarray(np.ones_like(v)) for k, v in params.items()})
     assert all(type(a).__module__.startswith("cupy") for st in resumed.state.values()
                for k, a in st.items() if k != "t")
+
+
+def test_random_warp_on_the_gpu_is_the_cpu_warp():
+    x = np.random.default_rng(5).standard_normal((16, 28, 56, 1)).astype(np.float32)
+    expected = random_warp(x, np.random.default_rng(9), rotate=10, scale=0.1, shear=8, fill=-0.4)
+    got = random_warp(GPU.asarray(x), np.random.default_rng(9), rotate=10, scale=0.1, shear=8, fill=-0.4)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_random_shift_on_the_gpu_is_the_cpu_shift():
