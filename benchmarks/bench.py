@@ -23,9 +23,8 @@ from datetime import date
 
 import numpy as np
 
-from nn.engine import build, optimizer_class
+from nn.engine import build, optimizer
 from nn.losses import softmax_cross_entropy
-from nn.optim import Adam, AdamW
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -67,13 +66,13 @@ def torch_model(spec: list[dict]):
     return tnn.Sequential(*layers)
 
 
-def make_optimizers(cfg: dict, model, tmodel=None, engine: str = "reference"):
-    """nn's optimiser from params.yaml's optimizer section for a model on `engine` (the fast
-    engine's flat-buffer Adam/AdamW there), and PyTorch's same one."""
+def make_optimizers(cfg: dict, model, tmodel=None, engine_name: str = "reference"):
+    """nn's optimiser from params.yaml's optimizer section for a model on `engine_name` (the
+    CPU engine's flat-buffer Adam/AdamW there: nn.engine.optimizer), and PyTorch's same one."""
     name, lr, wd = cfg["name"], cfg["lr"], cfg.get("weight_decay", 0.0)
     if name not in ("adam", "adamw"):
         raise SystemExit(f"bench.py times Adam and AdamW, params.yaml has {name!r}")
-    ours = optimizer_class(AdamW if name == "adamw" else Adam, engine)(lr, weight_decay=wd)
+    ours = optimizer(name, engine_name, lr=lr, weight_decay=wd)
     if tmodel is None:
         return ours, None
     import torch
@@ -166,7 +165,7 @@ def main():
         times = {}
         for i, engine in enumerate(engines):
             model = build(spec, np.random.default_rng(0), engine)
-            opt, _ = make_optimizers(cfg, model, engine=engine)
+            opt, _ = make_optimizers(cfg, model, engine_name=engine)
             np_fn = functools.partial(numpy_step, model, opt, x, y)
             # PyTorch runs beside the fast engine; the slow reference alone (its ratio is info)
             for layout in layouts if (torch is not None and i == 0) else [None]:

@@ -60,7 +60,7 @@ def _stages() -> str:
     with Repo(str(ROOT)) as repo:
         for stage in repo.index.stages:
             reads = [d.def_path for d in stage.deps
-                     if not d.def_path.endswith(".py") and d.def_path != "nn/fast"]
+                     if not d.def_path.endswith(".py") and d.def_path not in ("nn/fast", "nn/gpu")]
             writes = [o.def_path for o in stage.outs]
             rows.append(f"| `{stage.addressing}` | {', '.join(f'`{r}`' for r in reads)} | "
                         f"{', '.join(f'`{w}`' for w in writes)} |")

@@ -47,3 +47,53 @@ def shift_gather(x, shifts: np.ndarray, fill: float):
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)             # (N, H, W)
     src = x[xp.arange(n)[:, None, None], rows.clip(0, h - 1), cols.clip(0, w - 1)]  # (N, H, W, C)
     return xp.where(inside[..., None], src, xp.asarray(fill, dtype=x.dtype))
+
+
+def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, scale: float = 0.0,
+                shear: float = 0.0, fill: float = 0.0) -> np.ndarray:
+    """Each image through its own random affine map about its centre, bilinearly resampled.
+
+    x: (N, H, W, C) -> (N, H, W, C), a new array. Per image, drawn on the host from `rng` (so a
+    seed gives the same maps on every device): a rotation by θ ~ U[-rotate, rotate] degrees, a
+    scale s ~ U[1 - scale, 1 + scale] and a horizontal shear by φ ~ U[-shear, shear] degrees.
+    The forward map is A = R(θ) · [[1, 0], [tan φ, 1]] · s (on (row, column) offsets from the
+    centre); each output pixel reads the input at A⁻¹ of its offset, interpolated from its four
+    neighbours, with `fill` (the background) outside the image.
+    """
+    if not (rotate or scale or shear):
+        return x
+    xp = array_module(x)
+    n, h, w = x.shape[:3]
+    theta = np.deg2rad(rng.uniform(-rotate, rotate, n))
+    s = rng.uniform(1 - scale, 1 + scale, n)
+    phi = np.deg2rad(rng.uniform(-shear, shear, n))
+    # A⁻¹ = (1/s) · [[1, 0], [-tan φ, 1]] · R(-θ), per image, on the host: (N, 2, 2)
+    cos, sin, t = np.cos(theta), np.sin(theta), np.tan(phi)
+    inv = np.empty((n, 2, 2))
+    inv[:, 0, 0], inv[:, 0, 1] = cos, sin
+    inv[:, 1, 0], inv[:, 1, 1] = -t * cos - sin, -t * sin + cos
+    inv /= s[:, None, None]
+    inv = xp.asarray(inv.astype(np.float32))
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    dy = (xp.arange(h, dtype=np.float32) - cy)[None, :, None]                # (1, H, 1)
+    dx = (xp.arange(w, dtype=np.float32) - cx)[None, None, :]                # (1, 1, W)
+    src_y = inv[:, 0, 0, None, None] * dy + inv[:, 0, 1, None, None] * dx + cy   # (N, H, W)
+    src_x = inv[:, 1, 0, None, None] * dy + inv[:, 1, 1, None, None] * dx + cx
+    # Pad with the fill (1 before, 2 after) and clamp the source to [-1, H] x [-1, W]: a pixel
+    # that lands outside then reads only fill, and every tap is inside the padded image.
+    hp, wp = h + 3, w + 3
+    padded = xp.full((n, hp, wp, x.shape[3]), fill, x.dtype)
+    padded[:, 1:h + 1, 1:w + 1] = x
+    padded = padded.reshape(n * hp * wp, -1)                                 # (N*Hp*Wp, C)
+    src_y, src_x = src_y.clip(-1, h), src_x.clip(-1, w)
+    y0, x0 = xp.floor(src_y), xp.floor(src_x)
+    fy, fx = (src_y - y0).reshape(-1, 1), (src_x - x0).reshape(-1, 1)      # (N*H*W, 1)
+    base = ((y0.astype(np.intp) + 1) * wp + x0.astype(np.intp) + 1
+            + (xp.arange(n, dtype=np.intp) * (hp * wp))[:, None, None]).reshape(-1)
+
+    def tap(offset):  # the padded images at base + offset: (N*H*W, C)
+        return xp.take(padded, base + offset, axis=0)
+
+    top = tap(0) * (1 - fx) + tap(1) * fx
+    bottom = tap(wp) * (1 - fx) + tap(wp + 1) * fx
+    return (top * (1 - fy) + bottom * fy).reshape(x.shape).astype(x.dtype, copy=False)

@@ -1,9 +1,10 @@
-"""Which implementation runs a model, and where: the readable reference layers or the fast CPU
-engine, on the CPU or (reference layers only, on CuPy arrays) on a GPU.
+"""Which implementation runs a model, and where: the readable reference layers, or the engine
+built for the device (the CPU engine `nn.fast`, the GPU engine `nn.gpu`).
 
-Both engines build the same parameters from the same spec and seed, and train to the same math;
-the fast engine is the default for training and inference on the CPU. The fast engine also
-has its own Adam and AdamW (`nn.fast.optim`: the same updates on one flat buffer).
+All build the same parameters from the same spec and seed and train to the same math. The
+engine ("fast") is the default: on the CPU it is NumPy with threads and fused passes, on a GPU
+CuPy with its own kernels. The reference layers run on either device as written (on a GPU,
+on CuPy arrays), which is what the engines are held to.
 """
 
 import numpy as np
@@ -11,31 +12,40 @@ import numpy as np
 from nn import optim
 from nn.backend import CPU, Device
 from nn.fast import FastSequential
-from nn.fast.optim import OPTIMIZERS as FAST_OPTIMIZERS
+from nn.fast import optim as fast_optim
+from nn.gpu import GpuSequential
+from nn.gpu import optim as gpu_optim
 from nn.model import Sequential
 
-MODELS = {"fast": FastSequential, "reference": Sequential}
-ENGINES = tuple(MODELS)
+ENGINES = ("fast", "reference")
+
+
+def model_class(engine: str, device: Device = CPU) -> type[Sequential]:
+    """The Sequential class that runs `engine` on `device`."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "reference":
+        return Sequential
+    return GpuSequential if device.name == "gpu" else FastSequential
 
 
 def build(spec: list[dict], rng: np.random.Generator, engine: str = "fast",
           device: Device = CPU) -> Sequential:
     """A model from its spec on the chosen engine ("fast" or "reference"), its parameters on
-    `device` (nn.backend; the fast engine is CPU-only). The weights are drawn on the host from
-    `rng` first, so a seed gives the same initial weights on every device."""
-    if engine not in MODELS:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "fast" and device.name != "cpu":
-        raise ValueError(f"engine 'fast' runs on the CPU only; device {device.name} needs "
-                         f"engine 'reference'")
-    model = MODELS[engine].from_spec(spec, rng)
+    `device` (nn.backend). The weights are drawn on the host from `rng` first, so a seed gives
+    the same initial weights on every device and engine."""
+    model = model_class(engine, device).from_spec(spec, rng)
     return model if device is CPU else model.to(device)
 
 
-def optimizer_class(cls: type[optim.Optimizer], engine: str = "fast") -> type[optim.Optimizer]:
-    """The class that runs the `nn.optim` optimiser `cls` for a model on `engine`: the fast
-    engine's flat-buffer version where it has one (Adam, AdamW; same results, fewer passes),
-    `cls` itself otherwise. Any `nn.optim` optimiser also works with either engine's models."""
-    if engine not in MODELS:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    return FAST_OPTIMIZERS.get(cls, cls) if engine == "fast" else cls
+def optimizer(name: str, engine: str = "fast", device: Device = CPU, **kwargs) -> optim.Optimizer:
+    """The optimiser called `name` ("sgd", "adam", "adamw") for a model on `engine` and `device`:
+    on the GPU engine, Adam and AdamW update each parameter in one fused kernel; on the CPU
+    engine, all parameters at once on one flat buffer (`nn.fast.optim`). Same results; any
+    `nn.optim` optimiser also works with every engine's models."""
+    classes = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW}
+    if name not in classes:
+        raise ValueError(f"optimizer must be one of {', '.join(classes)}, got {name!r}")
+    if engine == "fast" and name in gpu_optim.OPTIMIZERS:
+        return (gpu_optim if device.name == "gpu" else fast_optim).OPTIMIZERS[name](**kwargs)
+    return classes[name](**kwargs)

@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field
 from tqdm import tqdm
 
 from nn import engine, optim
-from nn.augment import random_shift
-from nn.backend import DEVICES, DeviceError, get_device
+from nn.augment import random_shift, random_warp
+from nn.backend import CPU, DEVICES, Device, DeviceError, get_device
 from nn.engine import ENGINES
 from nn.files import Array, load_npz, write_together
 from nn.mnist.modelfile import normalize, save
@@ -75,31 +75,39 @@ class TrainParams(Params):
         tuple[Annotated[dict[Str, Any], AfterValidator(finite), AfterValidator(_check_layer)], ...],
         AfterValidator(_buildable)]
     engine: Literal[ENGINES] = "fast"                      # nn.engine: "fast" or "reference"
-    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays, reference engine
+    device: Literal[DEVICES] = "cpu"                       # "gpu": CuPy arrays (nn.backend)
     transfer: Literal[TRANSFERS] = "batch"                 # gpu: data copied per batch or once
     label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
+    rotate: Annotated[Float, Field(ge=0, le=45)] = 0.0      # and random affine maps: degrees,
+    scale: Annotated[Float, Field(ge=0, lt=1)] = 0.0        # +- fraction of the size,
+    shear: Annotated[Float, Field(ge=0, le=45)] = 0.0       # degrees (nn.augment.random_warp)
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
     # Train on a seeded random subset of this many training images (null: all of them); the
     # dev set stays whole. `nn tune` uses it to make trials cheap.
     train_size: Annotated[Int | None, Field(ge=1)] = None
 
-    @model_validator(mode="after")
-    def _engine_runs_on_device(self):
-        if self.device != "cpu" and self.engine == "fast":
-            raise param_error("engine", f"'fast' runs on the CPU only; device {self.device} "
-                                        f"needs engine 'reference'")
-        return self
+
+def make_augment(p: TrainParams, background: float):
+    """The params' augmentation `(batch, rng) -> batch` (shift, then warp), or None."""
+    if not (p.max_shift or p.rotate or p.scale or p.shear):
+        return None
+
+    def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+        xb = random_shift(xb, p.max_shift, gen, fill=background)
+        return random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background)
+
+    return augment
 
 
-def make_optimizer(p: OptimizerParams, engine_name: str = "reference") -> optim.Optimizer:
-    """The optimiser of `p` for a model on engine `engine_name` (nn.engine.optimizer_class)."""
+def make_optimizer(p: OptimizerParams, engine_name: str = "fast",
+                   device: Device = CPU) -> optim.Optimizer:
+    """The params' optimiser, as the engine runs it on the device (nn.engine.optimizer)."""
     if p.name == "sgd":
-        return optim.SGD(p.lr, momentum=p.momentum, nesterov=p.nesterov,
-                         weight_decay=p.weight_decay)
-    cls = engine.optimizer_class(optim.Adam if p.name == "adam" else optim.AdamW, engine_name)
-    return cls(p.lr, weight_decay=p.weight_decay)
+        return engine.optimizer("sgd", engine_name, device, lr=p.lr, momentum=p.momentum,
+                                nesterov=p.nesterov, weight_decay=p.weight_decay)
+    return engine.optimizer(p.name, engine_name, device, lr=p.lr, weight_decay=p.weight_decay)
 
 
 # What a training split must hold: raw images (n, H, W) and one integer label each.
@@ -174,7 +182,7 @@ def main(
                                      steps_per_epoch, **p.schedule.args)
         except ValueError as e:
             raise ParamsError(f"{model}.schedule: {e}") from None
-        opt = make_optimizer(p.optimizer, p.engine)
+        opt = make_optimizer(p.optimizer, p.engine, device)
 
         # Normalization from the training images; it travels with the model file.
         normalization = {"mean": float(x_train.mean(dtype=np.float64) / 255),
@@ -192,10 +200,7 @@ def main(
               f"{num_classes} classes, {net.num_params():,} parameters")
         print(summary)
 
-        background = np.float32(-normalization["mean"] / normalization["std"])
-
-        def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
-            return random_shift(xb, p.max_shift, gen, fill=background)
+        augment = make_augment(p, np.float32(-normalization["mean"] / normalization["std"]))
 
         # A bar only when stderr is a terminal (disable=None); logs and CI get the epoch lines.
         bar = tqdm(total=steps_per_epoch, desc=f"{stage} epoch 1", unit="step", leave=False,
@@ -218,7 +223,7 @@ def main(
         with np.errstate(over="ignore", invalid="ignore"):
             records = fit(net, opt, x_train, y_train, x_dev, y_dev, epochs=p.epochs,
                           batch_size=p.batch_size, rng=rng, schedule=schedule,
-                          augment=augment if p.max_shift else None,
+                          augment=augment,
                           label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
                           early_stopping_patience=p.early_stopping_patience,
                           device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)

@@ -11,7 +11,13 @@ from typer.testing import CliRunner
 
 from nn.augment import random_shift, shift_gather
 from nn.backend import CPU, Device, DeviceError, get_device, to_numpy
-from nn.engine import build
+from nn.engine import build, optimizer
+from nn.fast import FastSequential
+from nn.fast.optim import FastAdamW
+from nn.gpu import GpuSequential
+from nn.gpu import optim as gpu_optim
+from nn.gpu.layers import BLOCK_ROWS, row_blocks, tall_grads
+from nn.model import Sequential
 from nn.optim import SGD, AdamW
 from nn.train import fit
 from stages import train as train_stage
@@ -87,11 +93,51 @@ def test_gpu_with_a_device_gives_cupy(monkeypatch):
     assert get_device("gpu") == Device("gpu", cupy)
 
 
-def test_the_fast_engine_stays_on_the_cpu():
-    with pytest.raises(ValueError, match="engine 'fast' runs on the CPU only"):
-        build(SPEC, np.random.default_rng(0), "fast", device=FAKE)
+def test_the_fast_engine_is_the_engine_of_the_device():
+    assert type(build(SPEC, np.random.default_rng(0), "fast")) is FastSequential
+    model = build(SPEC, np.random.default_rng(0), "fast", device=FAKE)
+    assert type(model) is GpuSequential and all(on_device(v) for v in model.params().values())
+    assert [type(m).__module__ for m in model.layers[:3]] == ["nn.gpu.layers"] * 3
+    assert type(build(SPEC, np.random.default_rng(0), "reference", device=FAKE)) is Sequential
     with pytest.raises(ValueError, match="fast engine runs on the CPU only"):
         build(SPEC, np.random.default_rng(0), "fast").to(FAKE)
+    with pytest.raises(ValueError, match="GPU engine runs on device gpu only"):
+        GpuSequential.from_spec(SPEC, np.random.default_rng(0)).to(CPU)
+    with pytest.raises(ValueError, match="engine must be one of fast, reference, got 'turbo'"):
+        build(SPEC, np.random.default_rng(0), "turbo")
+
+
+@pytest.mark.parametrize("n, rows, bias", [(512, 1568, True), (7, 30, False), (1, 5, True), (6, 4096, True)])
+def test_the_gpu_engines_blocked_weight_gradients_are_the_plain_products(n, rows, bias):
+    """nn.gpu.layers.tall_grads is array-module generic: checked here on NumPy, on CuPy in test_gpu."""
+    rng = np.random.default_rng(n)
+    cols, dout = rng.standard_normal((n * rows, 9)), rng.standard_normal((n * rows, 4))
+    g = row_blocks(n, rows)
+    assert n % g == 0 and (g * rows <= BLOCK_ROWS or g == 1)
+    dw, db = tall_grads(cols, dout, n, bias)
+    np.testing.assert_allclose(dw, cols.T @ dout, rtol=1e-10, atol=1e-10)
+    assert db is None if not bias else np.allclose(db, dout.sum(axis=0), rtol=1e-10, atol=1e-10)
+
+
+def test_the_optimizer_is_the_engines_and_the_reference_math_off_the_gpu():
+    assert type(optimizer("adamw", "fast", FAKE, lr=0.1)) is gpu_optim.AdamW
+    assert type(optimizer("adam", "fast", FAKE, lr=0.1)) is gpu_optim.Adam
+    assert type(optimizer("adamw", "fast", CPU, lr=0.1)) is FastAdamW  # nn.fast.optim
+    assert type(optimizer("adamw", "reference", FAKE, lr=0.1)) is AdamW
+    assert type(optimizer("sgd", "fast", FAKE, lr=0.1, momentum=0.9)) is SGD
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, adamw, got 'lion'"):
+        optimizer("lion", "fast", CPU, lr=0.1)
+    # arrays that are not CuPy's get nn.optim's update, bit for bit
+    rng = np.random.default_rng(3)
+    p = {"0.W": rng.standard_normal((4, 3)), "0.b": rng.standard_normal(3)}
+    q = {k: v.copy() for k, v in p.items()}
+    fused, ref = gpu_optim.AdamW(0.01, weight_decay=0.1), AdamW(0.01, weight_decay=0.1)
+    for _ in range(3):
+        g = {k: rng.standard_normal(v.shape) for k, v in p.items()}
+        fused.step(p, g)
+        ref.step(q, g)
+    for k in p:
+        np.testing.assert_array_equal(p[k], q[k])
 
 
 def test_to_numpy_brings_arrays_back_as_plain_numpy():
@@ -152,17 +198,10 @@ def test_shift_gather_is_the_slice_copies():
         np.testing.assert_array_equal(got, expected)
 
 
-def test_the_stage_refuses_the_fast_engine_on_the_gpu(tmp_path, data):  # noqa: F811
-    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, device="gpu"), "mnist")
-    errors = [line for line in result.output.splitlines() if "error" in line]
-    assert result.exit_code == 1 and errors == [
-        "train@mlp: error: mlp.engine: 'fast' runs on the CPU only; device gpu needs engine 'reference'"]
-    assert not out.exists() and not history.exists()
-
-
-def test_the_stage_stops_at_its_start_without_cupy(tmp_path, data, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("engine_name", ["fast", "reference"])
+def test_the_stage_stops_at_its_start_without_cupy(tmp_path, data, monkeypatch, engine_name):  # noqa: F811
     monkeypatch.setitem(sys.modules, "cupy", None)
-    params = model_params(MLP, device="gpu", engine="reference")
+    params = model_params(MLP, device="gpu", engine=engine_name)
     result, out, history = run_train(tmp_path, data / "missing", "mlp", params, "mnist")
     errors = [line for line in result.output.splitlines() if "error" in line]
     assert result.exit_code == 1 and len(errors) == 1, result.output  # before reading the data

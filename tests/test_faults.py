@@ -371,6 +371,9 @@ def test_bad_model_file_in_predict(tmp_path, kind):
     ({"mlp": {"layers": [*MLP[:4], {"type": "Linear", "in_features": 16, "out_features": 100}]}},
      "mlp.layers: the network has 100 outputs (100,), the data has 10 classes (labels 0..9)"),
     ({"mlp": {"batch_size": 500}}, "mlp.batch_size: 500 is more than the 200 training images"),
+    ({"mlp": {"rotate": 90}}, "mlp.rotate: 90.0 must be <= 45"),
+    ({"mlp": {"scale": 1.0}}, "mlp.scale: 1.0 must be < 1"),
+    ({"mlp": {"shear": float("nan")}}, "mlp.shear: nan is not a finite number"),
     ({"mlpp": PARAMS["mlp"]}, "params.yaml: unknown section 'mlpp' (known: download, prepare, "
                               "mnist100, mlp, cnn, tune)"),
 ])

@@ -9,7 +9,7 @@ each measured on the 2-core target machine (see benchmarks/README.md):
   model.py    FastSequential, which plans fused passes over a model's layers and keeps the
               parameters and gradients on flat buffers;
   optim.py    FastAdam and FastAdamW: nn.optim's updates in a few passes over those buffers.
-`nn.engine.build(spec, rng, engine="fast")` builds a model on it and `nn.engine.optimizer_class`
+`nn.engine.build(spec, rng, engine="fast")` builds a model on it and `nn.engine.optimizer`
 picks its optimisers; tests/test_fast.py holds every path to the reference.
 """
 

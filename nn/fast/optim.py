@@ -180,4 +180,4 @@ class FastAdamW(FastAdam, optim.AdamW):
     """`nn.optim.AdamW` on flat buffers: see `FastAdam`."""
 
 
-OPTIMIZERS = {optim.Adam: FastAdam, optim.AdamW: FastAdamW}
+OPTIMIZERS = {"adam": FastAdam, "adamw": FastAdamW}

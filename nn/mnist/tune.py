@@ -441,11 +441,10 @@ def lr_find(model: str, params: Path, data: Path, *, steps: int, min_lr: float, 
     optimizer, augmentation, train_size, seed), on the training split only.
     Returns (records, suggested lr, rule)."""
     from nn import engine
-    from nn.augment import random_shift
     from nn.lrfind import lr_range_test, suggest
     from nn.mnist.modelfile import normalize
     from stages.common import load_params
-    from stages.train import TrainParams, load_split, make_optimizer, subset
+    from stages.train import TrainParams, load_split, make_augment, make_optimizer, subset
 
     p = load_params(TrainParams, model, params)
     x, y = subset(*load_split(data, "train"), p.train_size, p.seed)
@@ -456,7 +455,6 @@ def lr_find(model: str, params: Path, data: Path, *, steps: int, min_lr: float, 
     fill = np.float32(-norm["mean"] / norm["std"])
     records = lr_range_test(net, make_optimizer(p.optimizer, p.engine), x, y, rng=rng, min_lr=min_lr,
                             max_lr=max_lr, steps=steps, batch_size=p.batch_size,
-                            augment=(lambda xb, g: random_shift(xb, p.max_shift, g, fill=fill))
-                            if p.max_shift else None)
+                            augment=make_augment(p, fill))
     lr, rule = suggest(records)
     return records, lr, rule

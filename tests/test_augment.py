@@ -1,0 +1,60 @@
+"""random_warp: seeded random affine maps, bilinearly resampled (random_shift: tests/test_device.py)."""
+
+import numpy as np
+import pytest
+
+from nn.augment import random_warp
+
+
+class Fixed:
+    """A stand-in Generator whose uniform draws are all `hi` (or `lo`)."""
+
+    def __init__(self, end="hi"):
+        self.end = end
+
+    def uniform(self, lo, hi, n):
+        return np.full(n, hi if self.end == "hi" else lo)
+
+
+def images(shape=(6, 9, 9, 1), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_no_warp_is_the_input_itself_and_draws_nothing():
+    x, rng = images(), np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert random_warp(x, rng) is x
+    assert rng.bit_generator.state == state  # the stream of every later draw is unchanged
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 9, 1), (2, 8, 8, 3)])
+def test_a_quarter_turn_is_rot90(shape):
+    x = images(shape)
+    np.testing.assert_allclose(random_warp(x, Fixed(), rotate=90), np.rot90(x, 1, axes=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(random_warp(x, Fixed("lo"), rotate=90), np.rot90(x, -1, axes=(1, 2)), atol=1e-5)
+
+
+def test_scaling_zooms_about_the_centre_and_fills_what_falls_outside():
+    x = np.ones((1, 9, 9, 1), np.float32)
+    big = random_warp(x, Fixed(), scale=0.5)                 # s = 1.5: every pixel reads inside
+    np.testing.assert_allclose(big, x, atol=1e-6)
+    small = random_warp(x, Fixed("lo"), scale=0.5, fill=-3)  # s = 0.5: the border reads outside
+    assert small[0, 4, 4, 0] == pytest.approx(1) and small[0, 0, 0, 0] == pytest.approx(-3)
+    assert small.dtype == np.float32 and small.shape == x.shape
+
+
+def test_a_shear_moves_rows_by_their_distance_from_the_centre():
+    x = np.zeros((1, 7, 7, 1), np.float32)
+    x[0, :, 3] = 1                                           # a vertical bar through the centre
+    y = random_warp(x, Fixed(), shear=45)                    # tan 45 = 1: row r moves by r - 3
+    for r in range(7):
+        assert y[0, r, 3 + (r - 3), 0] == pytest.approx(1, abs=1e-5)
+
+
+def test_a_seed_gives_the_same_warps_and_the_maps_differ_per_image():
+    x = np.repeat(images((1, 12, 20, 1)), 4, axis=0)
+    a = random_warp(x, np.random.default_rng(7), rotate=15, scale=0.1, shear=10, fill=-0.5)
+    b = random_warp(x, np.random.default_rng(7), rotate=15, scale=0.1, shear=10, fill=-0.5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a[0], a[1])
+
