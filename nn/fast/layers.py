@@ -11,7 +11,7 @@ and name) and overrides only `forward`/`backward`. What changes is how the arith
     decides when;
   * Linear and BatchNorm split their rows over the threads inside a CNN's pass;
   * `backward(dout, input_grad=False)` skips dx for the first layer of a model.
-ReLU, Dropout and Flatten have nothing to gain and are the reference classes themselves.
+ReLU, Dropout, Flatten and OuterSum have nothing to gain and are the reference classes themselves.
 `tests/test_fast.py` holds every path here to the reference layers.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from nn import layers as ref
 from nn.fast import kernels, threads
-from nn.layers import Dropout, Flatten, ReLU
+from nn.layers import Dropout, Flatten, OuterSum, ReLU
 
 
 class Linear(ref.Linear):
@@ -298,4 +298,4 @@ class BatchNorm2d(_FastBatchNorm, ref.BatchNorm2d):
 
 
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d)}
+                                        BatchNorm1d, BatchNorm2d, OuterSum)}
