@@ -441,5 +441,40 @@ class BatchNorm2d(_BatchNorm):
     ndim = 4
 
 
+class OuterSum(Layer):
+    """Scores of every pair (a, b) from scores of each half: (N, 2k) -> (N, k*k).
+
+    out[:, a*k + b] = x[:, a] + x[:, k + b]. Before a softmax this makes the k*k classes two
+    independent k-way choices: softmax(out)[a*k + b] = softmax(x[:, :k])[a] · softmax(x[:, k:])[b]
+    (the normaliser of a sum of exponents factors), so a two-digit label is learnt as two digits.
+    Backward: each half's score is in k outputs, so dx[:, a] = Σ_b dout[:, a*k + b] and
+    dx[:, k + b] = Σ_a dout[:, a*k + b].
+    """
+
+    def _halves(self, width):
+        if width % 2:
+            raise ValueError(f"OuterSum needs an even number of scores, got {width}")
+        return width // 2
+
+    def forward(self, x, training):
+        if x.ndim != 2:
+            raise ValueError(f"OuterSum expects (N, 2k), got shape {x.shape}")
+        k = self._halves(x.shape[1])
+        out = x[:, :k, None] + x[:, None, k:]                                # (N, k, k)
+        self.cache = k if training else None
+        return out.reshape(len(x), k * k)
+
+    def backward(self, dout):
+        k = self._need_cache()
+        d = dout.reshape(len(dout), k, k)
+        return array_module(dout).concatenate([d.sum(axis=2), d.sum(axis=1)], axis=1)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"OuterSum expects (2k,) per example, got {tuple(input_shape)}")
+        k = self._halves(input_shape[0])
+        return (k * k,)
+
+
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d)}
+                                        BatchNorm1d, BatchNorm2d, OuterSum)}

@@ -19,7 +19,7 @@ from nn.gpu import layers as gpu_layers
 from nn.gpu import optim as gpu_optim
 from nn.gpu.model import GpuSequential
 from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                       ReLU)
+                       OuterSum, ReLU)
 from nn.losses import softmax_cross_entropy
 from nn.mnist.modelfile import load, save
 from nn.model import Sequential
@@ -52,6 +52,7 @@ def layers(rng):
         (Flatten(), (2, 3, 4, 2)),
         (BatchNorm1d(5, dtype=d), (8, 5)),
         (BatchNorm2d(3, dtype=d), (2, 4, 5, 3)),
+        (OuterSum(), (4, 8)),
     ]
 
 
@@ -68,7 +69,7 @@ ENGINES = ["reference", "gpu"]
 
 
 @pytest.mark.parametrize("name", ENGINES)
-@pytest.mark.parametrize("index", range(14))
+@pytest.mark.parametrize("index", range(15))
 def test_every_layer_forward_and_gradients_match_the_cpu(index, name):
     rng = np.random.default_rng(index)
     cpu, shape = layers(np.random.default_rng(0))[index]

@@ -14,8 +14,10 @@ from nn.layers import (
     Flatten,
     Linear,
     MaxPool2d,
+    OuterSum,
     ReLU,
 )
+from nn.losses import log_softmax
 
 F64 = np.float64
 TOL = 1e-6
@@ -136,6 +138,19 @@ def test_relu_and_flatten_gradients():
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
     assert_gradients(ReLU(), x)
     assert_gradients(Flatten(), x)
+
+
+def test_outer_sum_gradients_and_its_softmax_is_two_independent_softmaxes():
+    rng = np.random.default_rng(8)
+    x = randn(rng, 5, 6)                                   # k = 3: 9 pair scores
+    assert_gradients(OuterSum(), x)
+    out = OuterSum().forward(x, training=False)
+    assert out.shape == (5, 9) and out[2, 1 * 3 + 2] == x[2, 1] + x[2, 3 + 2]
+    pair = log_softmax(out).reshape(5, 3, 3)
+    np.testing.assert_allclose(pair, log_softmax(x[:, :3])[:, :, None] + log_softmax(x[:, 3:])[:, None, :],
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="even number of scores, got 5"):
+        OuterSum().output_shape((5,))
 
 
 def test_dropout_gradients():
