@@ -59,10 +59,15 @@ def torch_model(spec: list[dict]):
     """The same architecture in torch.nn, default NCHW layout; Flatten there is (C, H, W) order."""
     import torch.nn as tnn
 
+    class OuterSum(tnn.Module):  # nn.layers.OuterSum: (N, 2k) -> (N, k*k), u_a + v_b
+        def forward(self, x):
+            k = x.shape[1] // 2
+            return (x[:, :k, None] + x[:, None, k:]).reshape(len(x), k * k)
+
     layers = []
     for entry in spec:
         args = {k: v for k, v in entry.items() if k not in ("type", "init")}
-        layers.append(getattr(tnn, entry["type"])(**args))
+        layers.append(OuterSum() if entry["type"] == "OuterSum" else getattr(tnn, entry["type"])(**args))
     return tnn.Sequential(*layers)
 
 
