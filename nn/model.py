@@ -5,11 +5,28 @@ import inspect
 import numpy as np
 
 from nn.backend import Device, array_module, to_numpy
-from nn.layers import LAYERS, Layer
+from nn.layers import LAYERS, Conv2d, Layer, Linear
 from nn.losses import softmax
 
 # Constructor arguments that are not part of a spec: passed in by from_spec or left at default.
 _NOT_SPEC = {"self", "rng", "dtype"}
+
+
+def engine_backward(layers: list[Layer], order, dout, input_grad: bool):
+    """Backward through `layers` in the reverse of `order` (the indices as the forward ran
+    them), for an engine whose Linear and Conv2d take `backward(dout, input_grad)`: without
+    `input_grad`, the layers before the first one with parameters are skipped and that layer's
+    dx is not computed (training never uses dL/d(input)). Returns dx, or None."""
+    first = 0 if input_grad else next((i for i, m in enumerate(layers) if m.params), 0)
+    for i in reversed(order):
+        if i < first:
+            break
+        layer = layers[i]
+        if isinstance(layer, (Linear, Conv2d)):
+            dout = layer.backward(dout, input_grad=input_grad or i > first)
+        else:
+            dout = layer.backward(dout)
+    return dout if input_grad else None
 
 
 class Sequential:

@@ -6,8 +6,8 @@ import numpy as np
 
 from nn.fast import threads
 from nn.fast.optim import flat_order
-from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, Linear, MaxPool2d, ReLU
-from nn.model import Sequential
+from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+from nn.model import Sequential, engine_backward
 
 
 class FastSequential(Sequential):
@@ -124,13 +124,4 @@ class FastSequential(Sequential):
 
     def _backward(self, dout, input_grad):
         # Layers before the first one with parameters need no backward unless dx is wanted.
-        first = 0 if input_grad else next((i for i, m in enumerate(self.layers) if m.params), 0)
-        for i in reversed(self._trace):
-            if i < first:
-                break
-            layer = self.layers[i]
-            if isinstance(layer, (Linear, Conv2d)):
-                dout = layer.backward(dout, input_grad=input_grad or i > first)
-            else:
-                dout = layer.backward(dout)
-        return dout if input_grad else None
+        return engine_backward(self.layers, self._trace, dout, input_grad)

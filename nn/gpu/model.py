@@ -1,7 +1,7 @@
 """GpuSequential: the reference Sequential's layers, run by the GPU engine's kernels."""
 
-from nn.gpu.layers import LAYERS, Conv2d, Linear
-from nn.model import Sequential
+from nn.gpu.layers import LAYERS
+from nn.model import Sequential, engine_backward
 
 
 class GpuSequential(Sequential):
@@ -18,11 +18,4 @@ class GpuSequential(Sequential):
         return super().to(device)
 
     def backward(self, dout, input_grad=True):
-        first = 0 if input_grad else next((i for i, m in enumerate(self.layers) if m.params), 0)
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            layer = self.layers[i]
-            if isinstance(layer, (Linear, Conv2d)):
-                dout = layer.backward(dout, input_grad=input_grad or i > first)
-            else:
-                dout = layer.backward(dout)
-        return dout if input_grad else None
+        return engine_backward(self.layers, range(len(self.layers)), dout, input_grad)
