@@ -70,9 +70,21 @@ def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, 
                   f"{opt['name']} lr {opt['lr']} weight decay {opt.get('weight_decay', 0)}, "
                   f"schedule {sched['name']}{f' ({args})' if args else ''}, "
                   f"label smoothing {p.get('label_smoothing', 0)}, "
-                  f"shift augmentation ±{p.get('max_shift', 0)} px", "",
+                  f"shift augmentation ±{p.get('max_shift', 0)} px{warps(p)}", "",
                   f"`{describe_layers(p['layers'])}`", ""]
     return "\n".join(lines)
+
+
+def warps(p: dict) -> str:
+    """", then warps: rotate ±8°, scale ±8%, shear ±8°" for the warps a model's params turn on."""
+    parts = []
+    if p.get("rotate"):
+        parts.append(f"rotate ±{p['rotate']:g}°")
+    if p.get("scale"):
+        parts.append(f"scale ±{p['scale'] * 100:g}%")
+    if p.get("shear"):
+        parts.append(f"shear ±{p['shear']:g}°")
+    return f", then warps: {', '.join(parts)}" if parts else ""
 
 
 def parse_models(args: list[str]) -> dict[str, str]:

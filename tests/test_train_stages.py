@@ -229,7 +229,8 @@ def test_evaluate_rejects_a_corrupt_model(tmp_path, data):
 def test_report_page_lists_both_models(evaluated, data):
     tmp, outs = evaluated
     params = tmp / "p.yaml"
-    params.write_text(json.dumps({"mlp": model_params(MLP), "cnn": model_params(CNN)}))
+    params.write_text(json.dumps({"mlp": {**model_params(MLP), "rotate": 8, "scale": 0.08},
+                                  "cnn": model_params(CNN)}))
     page = tmp / "reports" / "README.md"
     result = CliRunner().invoke(report.app, [
         "--data", str(data), "--reports", str(tmp / "reports"), "--out", str(page),
@@ -237,8 +238,10 @@ def test_report_page_lists_both_models(evaluated, data):
     assert result.exit_code == 0, result.output
     text = page.read_text()
     for needle in ("| mlp | mnist |", "| cnn | mnist100 |", "## Hardest classes",
-                   "(mlp/confusion.png)", "(cnn/errors.png)", "| mnist100 | 300 | 300 | 300 |"):
+                   "(mlp/confusion.png)", "(cnn/errors.png)", "| mnist100 | 300 | 300 | 300 |",
+                   "shift augmentation ±1 px, then warps: rotate ±8°, scale ±8%\n"):
         assert needle in text
+    assert text.count("then warps") == 1  # the CNN's params have none
 
 
 TIMING = re.compile(r"second|time|elapsed|duration|date|host", re.IGNORECASE)
