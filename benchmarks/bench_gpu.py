@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench import make_optimizers, read_params, torch_model, torch_step  # noqa: E402
+from bench import make_optimizers, numpy_step, read_params, torch_model, torch_step  # noqa: E402
 from nn import engine  # noqa: E402
 from nn.augment import random_shift  # noqa: E402
 from nn.backend import DeviceError, get_device  # noqa: E402
@@ -50,13 +50,6 @@ TARGETS = {128: 2.5, 512: 2.0}  # the GPU engine's step <= target x PyTorch CUDA
 def our_optimizer(cfg: dict, engine_name: str, device):
     return engine.optimizer(cfg["name"], engine_name, device, lr=cfg["lr"],
                             weight_decay=cfg.get("weight_decay", 0.0))
-
-
-def train_step(model, opt, x, y):
-    logits = model.forward(x, training=True)
-    _, dlogits = softmax_cross_entropy(logits, y)
-    model.backward(dlogits, input_grad=False)
-    opt.step(model.params(), model.grads())
 
 
 def interleaved(fns: dict, rounds: int, block: int, settle: int = 3) -> dict:
@@ -89,7 +82,7 @@ def step_times(device, params, torch, rounds: int, block: int) -> None:
             opt = our_optimizer(cfg, name, device)
 
             def ours(model=model, opt=opt):
-                train_step(model, opt, xd, yd)
+                numpy_step(model, opt, xd, yd)
                 device.synchronize()
 
             fns[name] = ours
