@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +134,90 @@ def test_ctrl_c_removes_the_queued_trials_and_kills_the_running(monkeypatch, cap
     tune.Search(None, "mlp").stop(["a", "b", "c", "d"])
     assert calls == [("queue", "remove", "c"), ("queue", "kill", "b")]   # "d": not queued yet
     assert "1 queued trial(s) removed, 1 running killed" in capsys.readouterr().err
+
+
+class Clock:
+    """time.monotonic and time.sleep for the search's waits, without waiting."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def a_dead_pid():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_wait_gives_up_on_trials_dvc_will_never_finish(monkeypatch, capsys):
+    clock, calls, dead = Clock(), [], a_dead_pid()
+    live = {**exp("running"), "pid": os.getpid()}
+    monkeypatch.setattr(tune, "time", clock)
+    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: calls.append(args) or "")
+    monkeypatch.setattr(tune, "experiments", lambda root: {       # "lost" is never shown
+        "live": live if clock.now < 600 else exp("success", 0.5),
+        "dead": {**exp("running"), "pid": dead}, "none": exp("running")})
+    exps = tune.Search(None, "mlp", poll=10).run(["live", "dead", "none", "lost"], workers=2)
+    assert exps["live"]["state"] == "success"                     # a long trial is never cut
+    assert {n: e["state"] for n, e in exps.items() if n != "live"} == dict.fromkeys(
+        ["dead", "none", "lost"], "failed")
+    assert exps["dead"]["error"] == f"its process {dead} ended and DVC never recorded a result"
+    assert exps["none"]["error"] == "DVC shows it running, but no process runs it"
+    assert exps["lost"]["error"].startswith("DVC lost it")
+    assert ("queue", "kill", "dead") in calls and ("queue", "kill", "lost") not in calls
+    err = capsys.readouterr().err
+    assert "tune: dead: its process" in err and "counted as failed" in err
+
+
+def test_an_orphan_is_given_up_after_orphan_after_seconds_not_before(monkeypatch):
+    clock, dead = Clock(), a_dead_pid()
+    monkeypatch.setattr(tune, "time", clock)
+    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: "")
+    seen = []
+    monkeypatch.setattr(tune, "experiments", lambda root: seen.append(clock.now) or {
+        "dead": {**exp("running"), "pid": dead}})
+    tune.Search(None, "mlp", poll=10).run(["dead"], workers=1)
+    assert tune.ORPHAN_AFTER < seen[-1] <= tune.ORPHAN_AFTER + 10
+
+
+def test_a_queue_that_never_starts_is_an_error_not_a_hang(monkeypatch):
+    clock, calls = Clock(), []
+    monkeypatch.setattr(tune, "time", clock)
+    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: calls.append(args) or "")
+    monkeypatch.setattr(tune, "experiments", lambda root: {"a": exp("success", 0.5),
+                                                           "b": exp("queued")})
+    with pytest.raises(tune.TuneError, match="has not started a trial in 900 s"):
+        tune.Search(None, "mlp", poll=10).run(["a", "b"], workers=1)
+    assert calls.count(("queue", "start", "--jobs", "1")) > 5     # workers were restarted
+    assert clock.now <= tune.STALL_AFTER + 20
+
+
+def test_a_dvc_command_that_hangs_is_stopped_with_one_line(tmp_path):
+    with pytest.raises(tune.TuneError, match=r"^`python\S* -c import time; time.sleep\(30\) ...` "
+                                             r"did not finish in 1 s; it was stopped$"):
+        tune._run(tmp_path, [sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+
+
+def test_a_hung_dvc_exp_show_is_stopped_and_tried_again(monkeypatch):
+    # DVC can hang for good reading a running experiment that ends meanwhile (see exp_show)
+    timeouts = []
+
+    def run(root, args, env=None, timeout=None):
+        timeouts.append(timeout)
+        if len(timeouts) == 1:
+            raise tune.TuneError("`python -m dvc exp show ...` did not finish in 60 s; it was stopped")
+        return subprocess.CompletedProcess(args, 0, "[]", "")
+
+    monkeypatch.setattr(tune, "time", Clock())
+    monkeypatch.setattr(tune, "_run", run)
+    assert tune.exp_show(Path(".")) == []
+    assert timeouts == [tune.EXP_SHOW_TIMEOUT] * 2 and tune.EXP_SHOW_TIMEOUT <= 60
 
 
 def git(repo, *args, env=None):

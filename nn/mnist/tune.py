@@ -145,20 +145,32 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
 
 # ---- DVC and git, through their command lines ---------------------------------------------
 
-def _run(root: Path, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+COMMAND_TIMEOUT = 600.0  # seconds any one dvc or git command may take; none needs near that
+EXP_SHOW_TIMEOUT = 60.0  # `dvc exp show` takes seconds; a try that hangs is stopped and retried
+ORPHAN_AFTER = 180.0     # seconds a trial may show "running" with no process, or be missing
+                         # from `dvc exp show`, before the search counts it failed
+STALL_AFTER = 900.0      # seconds queued trials may wait, with workers restarted, for a start
+
+
+def _run(root: Path, args: list[str], env: dict | None = None,
+         timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
     # Output through temporary files, not pipes: `dvc queue start` leaves worker daemons that
     # inherit the output handles, and reading a pipe would wait for them to exit.
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(args, cwd=root, env=env, stdout=out, stderr=err)
+        try:
+            proc = subprocess.run(args, cwd=root, env=env, stdout=out, stderr=err, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            shown = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(args[:5]))
+            raise TuneError(f"`{shown} ...` did not finish in {timeout:.0f} s; it was stopped") from None
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(args, proc.returncode, out.read().decode(errors="replace"),
                                            err.read().decode(errors="replace"))
 
 
-def dvc(root: Path, *args: str, env: dict | None = None) -> str:
+def dvc(root: Path, *args: str, env: dict | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
     """Run `dvc ARGS` (this Python's DVC); its stdout, or TuneError with DVC's own error line."""
-    proc = _run(root, [sys.executable, "-m", "dvc", *args], env)
+    proc = _run(root, [sys.executable, "-m", "dvc", *args], env, timeout)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         error = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
@@ -182,11 +194,13 @@ def preflight(root: Path) -> None:
 
 
 def exp_show(root: Path, *args: str, tries: int = 4) -> list:
-    """`dvc exp show --json ARGS`, retried: while a queued experiment is being set up, DVC can
-    fail to read its temporary directory ("directory ... does not exist")."""
+    """`dvc exp show --json ARGS`, retried: DVC reads a running experiment's metrics from its
+    temporary directory, and when the experiment ends during the read, DVC can fail
+    ("directory ... does not exist") or hang for good (pygit2's blob reader waits on a thread
+    that died), so each try is stopped after EXP_SHOW_TIMEOUT seconds."""
     for attempt in range(tries):
         try:
-            return json.loads(dvc(root, "exp", "show", "--json", *args))
+            return json.loads(dvc(root, "exp", "show", "--json", *args, timeout=EXP_SHOW_TIMEOUT))
         except TuneError:
             if attempt == tries - 1:
                 raise
@@ -200,10 +214,11 @@ def experiments(root: Path) -> dict[str, dict]:
         for exp in baseline.get("experiments") or []:
             rev = exp["revs"][0]
             executor = exp.get("executor") or {}
+            local = executor.get("local") or {}
             out[rev["name"]] = {"state": executor.get("state") or "success",
                                 "metrics": {f: m.get("data", {}) for f, m in
                                             ((rev.get("data") or {}).get("metrics") or {}).items()},
-                                "log": (executor.get("local") or {}).get("log")}
+                                "log": local.get("log"), "pid": local.get("pid")}
     return out
 
 
@@ -222,6 +237,29 @@ def failure_reason(log: str | None) -> str:
     ours = [ln for ln in lines if ": error: " in ln]
     dvcs = [ln for ln in lines if ln.startswith("ERROR")]
     return (ours or dvcs or lines or ["failed"])[-1]
+
+
+def alive(pid: int | None) -> bool:
+    """Whether process `pid` exists."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def orphaned(exp: dict | None) -> str | None:
+    """Why DVC will never finish this trial, or None while it still may."""
+    if exp is None:
+        return "DVC lost it: it is neither queued, running nor finished in `dvc exp show`"
+    if exp["state"] == "running" and not alive(exp.get("pid")):
+        return (f"its process {exp['pid']} ended and DVC never recorded a result"
+                if exp.get("pid") else "DVC shows it running, but no process runs it")
+    return None
 
 
 def thread_env(threads: int) -> dict:
@@ -259,15 +297,35 @@ class Search:
             raise
 
     def _wait(self, names: list[str], workers: int, threads: int) -> dict[str, dict]:
-        idle_since = time.monotonic()
+        """Poll `dvc exp show` until every trial is done. A trial DVC will never finish (its
+        process gone, or the trial gone from DVC) counts as failed after ORPHAN_AFTER seconds,
+        and a queue that does not move for STALL_AFTER seconds is an error: never wait forever."""
+        idle_since = moved_at = time.monotonic()
+        suspect: dict[str, float] = {}  # name -> since when it has looked orphaned or lost
+        given_up: dict[str, dict] = {}
+        last = None
         while True:
             exps = experiments(self.root)
-            ours = {n: exps.get(n, {"state": "queued", "metrics": {}, "log": None}) for n in names}
+            ours = {}
+            for n in names:
+                e = given_up.get(n) or exps.get(n)
+                reason = None if n in given_up else orphaned(e)
+                if reason is None:
+                    suspect.pop(n, None)
+                elif time.monotonic() - suspect.setdefault(n, time.monotonic()) > ORPHAN_AFTER:
+                    e = given_up[n] = self._give_up(n, e, reason)
+                ours[n] = e or {"state": "queued", "metrics": {}, "log": None, "pid": None}
             if self.on_poll is not None:
                 self.on_poll(ours)
             states = [e["state"] for e in ours.values()]
             if all(s in DONE for s in states):
                 return ours
+            if states != last:
+                last, moved_at = states, time.monotonic()
+            elif "running" not in states and time.monotonic() - moved_at > STALL_AFTER:
+                raise TuneError(f"DVC's queue has not started a trial in {STALL_AFTER:.0f} s "
+                                "although workers were started; see `dvc queue status` and "
+                                "`dvc queue logs NAME`")
             if "running" in states:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 60:
@@ -275,6 +333,16 @@ class Search:
                 dvc(self.root, "queue", "start", "--jobs", str(workers), env=thread_env(threads))
                 idle_since = time.monotonic()
             time.sleep(self.poll)
+
+    def _give_up(self, name: str, exp: dict | None, reason: str) -> dict:
+        """Count a trial DVC will never finish as failed, and clear it from DVC's queue."""
+        print(f"tune: {name}: {reason}; counted as failed", file=sys.stderr)
+        if exp is not None:
+            try:  # DVC marks a running trial with no process as failed
+                dvc(self.root, "queue", "kill", name)
+            except TuneError:
+                pass
+        return {"state": "failed", "metrics": {}, "log": None, "error": reason}
 
     def stop(self, names: list[str]) -> None:
         """Remove our trials still queued and kill our running ones; finished ones are kept."""
@@ -307,7 +375,8 @@ def results_table(model: str, trials: dict[str, dict[str, Any]], exps: dict[str,
                      "dev_acc": metric(e, train_json, "dev_acc"),
                      "best_epoch": metric(e, train_json, "best_epoch"),
                      **{path: overrides[path] for path in space},
-                     "error": failure_reason(e["log"]) if e["state"] == "failed" else ""})
+                     "error": (e.get("error") or failure_reason(e["log"]))
+                     if e["state"] == "failed" else ""})
     table = pd.DataFrame(rows)
     table["failed"] = table["status"] != "ok"
     table = table.sort_values(["failed", "dev_acc"], ascending=[True, False], kind="stable").drop(columns="failed").reset_index(drop=True)
