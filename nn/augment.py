@@ -49,18 +49,39 @@ def shift_gather(x, shifts: np.ndarray, fill: float):
     return xp.where(inside[..., None], src, xp.asarray(fill, dtype=x.dtype))
 
 
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) G with G @ v = v convolved with a Gaussian of std `sigma` (truncated at 4 sigma),
+    zeros beyond the ends: the 1-D smoothing of `elastic_field`, as a matrix product."""
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    g = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 4 * sigma)
+    return g / np.exp(-0.5 * (np.arange(-np.ceil(4 * sigma), np.ceil(4 * sigma) + 1) / sigma) ** 2).sum()
+
+
+def elastic_field(rng: np.random.Generator, n: int, h: int, w: int, alpha: float,
+                  sigma: float) -> np.ndarray:
+    """Simard et al. (2003)'s elastic distortion: (N, 2, H, W) pixel displacements (rows,
+    columns), each a field of U[-1, 1] noise smoothed by a Gaussian of std `sigma` pixels and
+    scaled by `alpha`. Small sigma gives random jitter; large sigma, nearly a translation."""
+    noise = rng.random((n, 2, h, w), dtype=np.float32) * 2 - 1
+    gy, gx = (alpha * gaussian_matrix(h, sigma)).astype(np.float32), gaussian_matrix(w, sigma).T
+    return gy @ noise @ gx.astype(np.float32)
+
+
 def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, scale: float = 0.0,
-                shear: float = 0.0, fill: float = 0.0) -> np.ndarray:
-    """Each image through its own random affine map about its centre, bilinearly resampled.
+                shear: float = 0.0, fill: float = 0.0, elastic: float = 0.0,
+                elastic_sigma: float = 4.0) -> np.ndarray:
+    """Each image through its own random affine map about its centre, then its own elastic
+    distortion, bilinearly resampled.
 
     x: (N, H, W, C) -> (N, H, W, C), a new array. Per image, drawn on the host from `rng` (so a
     seed gives the same maps on every device): a rotation by θ ~ U[-rotate, rotate] degrees, a
     scale s ~ U[1 - scale, 1 + scale] and a horizontal shear by φ ~ U[-shear, shear] degrees.
     The forward map is A = R(θ) · [[1, 0], [tan φ, 1]] · s (on (row, column) offsets from the
-    centre); each output pixel reads the input at A⁻¹ of its offset, interpolated from its four
-    neighbours, with `fill` (the background) outside the image.
+    centre); each output pixel reads the input at A⁻¹ of its offset, moved by the pixel's
+    displacement from `elastic_field(alpha=elastic, sigma=elastic_sigma)` when `elastic` > 0,
+    interpolated from its four neighbours, with `fill` (the background) outside the image.
     """
-    if not (rotate or scale or shear):
+    if not (rotate or scale or shear or elastic):
         return x
     xp = array_module(x)
     n, h, w = x.shape[:3]
@@ -79,6 +100,9 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
     dx = (xp.arange(w, dtype=np.float32) - cx)[None, None, :]                # (1, 1, W)
     src_y = inv[:, 0, 0, None, None] * dy + inv[:, 0, 1, None, None] * dx + cy   # (N, H, W)
     src_x = inv[:, 1, 0, None, None] * dy + inv[:, 1, 1, None, None] * dx + cx
+    if elastic:
+        field = xp.asarray(elastic_field(rng, n, h, w, elastic, elastic_sigma))
+        src_y, src_x = src_y + field[:, 0], src_x + field[:, 1]
     # Pad with the fill (1 before, 2 after) and clamp the source to [-1, H] x [-1, W]: a pixel
     # that lands outside then reads only fill, and every tap is inside the padded image.
     hp, wp = h + 3, w + 3

@@ -76,7 +76,8 @@ def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, 
 
 
 def warps(p: dict) -> str:
-    """", then warps: rotate ±8°, scale ±8%, shear ±8°" for the warps a model's params turn on."""
+    """", then warps: rotate ±8°, scale ±8%, shear ±8°, elastic 15 (σ 4 px)" for the warps a
+    model's params turn on."""
     parts = []
     if p.get("rotate"):
         parts.append(f"rotate ±{p['rotate']:g}°")
@@ -84,6 +85,8 @@ def warps(p: dict) -> str:
         parts.append(f"scale ±{p['scale'] * 100:g}%")
     if p.get("shear"):
         parts.append(f"shear ±{p['shear']:g}°")
+    if p.get("elastic"):
+        parts.append(f"elastic {p['elastic']:g} (σ {p.get('elastic_sigma', 4.0):g} px)")
     return f", then warps: {', '.join(parts)}" if parts else ""
 
 

@@ -81,7 +81,9 @@ class TrainParams(Params):
     max_shift: Annotated[Int, Field(ge=0, le=8)] = 0       # augmentation: random shifts, in pixels
     rotate: Annotated[Float, Field(ge=0, le=45)] = 0.0      # and random affine maps: degrees,
     scale: Annotated[Float, Field(ge=0, lt=1)] = 0.0        # +- fraction of the size,
-    shear: Annotated[Float, Field(ge=0, le=45)] = 0.0       # degrees (nn.augment.random_warp)
+    shear: Annotated[Float, Field(ge=0, le=45)] = 0.0       # degrees (nn.augment.random_warp),
+    elastic: Annotated[Float, Field(ge=0, le=100)] = 0.0    # and elastic distortions: scale and
+    elastic_sigma: Annotated[Float, Field(gt=0, le=28)] = 4.0  # smoothness, pixels (elastic_field)
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
     # Train on a seeded random subset of this many training images (null: all of them); the
@@ -91,12 +93,13 @@ class TrainParams(Params):
 
 def make_augment(p: TrainParams, background: float):
     """The params' augmentation `(batch, rng) -> batch` (shift, then warp), or None."""
-    if not (p.max_shift or p.rotate or p.scale or p.shear):
+    if not (p.max_shift or p.rotate or p.scale or p.shear or p.elastic):
         return None
 
     def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
         xb = random_shift(xb, p.max_shift, gen, fill=background)
-        return random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background)
+        return random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
+                           elastic=p.elastic, elastic_sigma=p.elastic_sigma)
 
     return augment
 

@@ -1,9 +1,10 @@
-"""random_warp: seeded random affine maps, bilinearly resampled (random_shift: tests/test_device.py)."""
+"""random_warp: seeded random affine maps and elastic distortions, bilinearly resampled
+(random_shift: tests/test_device.py)."""
 
 import numpy as np
 import pytest
 
-from nn.augment import random_warp
+from nn.augment import elastic_field, gaussian_matrix, random_warp
 
 
 class Fixed:
@@ -14,6 +15,9 @@ class Fixed:
 
     def uniform(self, lo, hi, n):
         return np.full(n, hi if self.end == "hi" else lo)
+
+    def random(self, shape, dtype=np.float64):  # the elastic noise U[-1, 1] is then all +-1
+        return np.full(shape, 1 if self.end == "hi" else 0, dtype)
 
 
 def images(shape=(6, 9, 9, 1), seed=0):
@@ -58,3 +62,40 @@ def test_a_seed_gives_the_same_warps_and_the_maps_differ_per_image():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a[0], a[1])
 
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5, 4.0])
+def test_the_gaussian_matrix_is_a_normalised_convolution_with_zeros_beyond_the_ends(sigma):
+    v = np.random.default_rng(1).standard_normal(40)
+    r = int(np.ceil(4 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    np.testing.assert_allclose(gaussian_matrix(40, sigma) @ v,
+                               np.convolve(v, kernel / kernel.sum(), mode="same"), atol=1e-12)
+
+
+def test_a_uniform_elastic_field_is_a_translation_by_alpha():
+    x = images((2, 14, 14, 1))
+    y = random_warp(x, Fixed(), elastic=2, elastic_sigma=0.5)  # noise +1: field = 2 px inside
+    np.testing.assert_allclose(y[:, 2:10, 2:10], x[:, 4:12, 4:12], atol=1e-5)  # reads (r+2, c+2)
+    y = random_warp(x, Fixed("lo"), elastic=2, elastic_sigma=0.5)
+    np.testing.assert_allclose(y[:, 4:12, 4:12], x[:, 2:10, 2:10], atol=1e-5)
+
+
+def test_the_elastic_sigma_sets_how_smooth_the_field_is():
+    def neighbour_correlation(sigma):
+        f = elastic_field(np.random.default_rng(2), 200, 28, 28, alpha=1, sigma=sigma)
+        return np.corrcoef(f[..., 10:18, 10:17].ravel(), f[..., 10:18, 11:18].ravel())[0, 1]
+    assert neighbour_correlation(0.3) < 0.3 < 0.9 < neighbour_correlation(4)
+    f = elastic_field(np.random.default_rng(2), 50, 28, 28, alpha=34, sigma=4)
+    assert f.shape == (50, 2, 28, 28) and f.dtype == np.float32
+    assert 0.5 < f[..., 8:20, 8:20].std() < 3                       # a pixel or so at Simard's 34, 4
+
+
+def test_elastic_distortions_are_seeded_and_differ_per_image():
+    x = np.repeat(images((1, 12, 20, 1)), 3, axis=0)
+    a = random_warp(x, np.random.default_rng(5), rotate=5, elastic=20, elastic_sigma=3, fill=-0.5)
+    b = random_warp(x, np.random.default_rng(5), rotate=5, elastic=20, elastic_sigma=3, fill=-0.5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a[0], a[1])
+    plain = random_warp(x, np.random.default_rng(5), rotate=5, fill=-0.5)
+    assert not np.allclose(a, plain)                                   # the field moves pixels

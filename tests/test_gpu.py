@@ -170,8 +170,9 @@ def test_optimizers_and_clipping_match_the_cpu_and_keep_state_on_the_gpu(make):
 
 def test_random_warp_on_the_gpu_is_the_cpu_warp():
     x = np.random.default_rng(5).standard_normal((16, 28, 56, 1)).astype(np.float32)
-    expected = random_warp(x, np.random.default_rng(9), rotate=10, scale=0.1, shear=8, fill=-0.4)
-    got = random_warp(GPU.asarray(x), np.random.default_rng(9), rotate=10, scale=0.1, shear=8, fill=-0.4)
+    kw = dict(rotate=10, scale=0.1, shear=8, fill=-0.4, elastic=20, elastic_sigma=4)
+    expected = random_warp(x, np.random.default_rng(9), **kw)
+    got = random_warp(GPU.asarray(x), np.random.default_rng(9), **kw)
     np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-5)
 
 

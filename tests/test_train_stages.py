@@ -229,7 +229,8 @@ def test_evaluate_rejects_a_corrupt_model(tmp_path, data):
 def test_report_page_lists_both_models(evaluated, data):
     tmp, outs = evaluated
     params = tmp / "p.yaml"
-    params.write_text(json.dumps({"mlp": {**model_params(MLP), "rotate": 8, "scale": 0.08},
+    params.write_text(json.dumps({"mlp": {**model_params(MLP), "rotate": 8, "scale": 0.08,
+                                          "elastic": 15},
                                   "cnn": model_params(CNN)}))
     page = tmp / "reports" / "README.md"
     result = CliRunner().invoke(report.app, [
@@ -239,7 +240,7 @@ def test_report_page_lists_both_models(evaluated, data):
     text = page.read_text()
     for needle in ("| mlp | mnist |", "| cnn | mnist100 |", "## Hardest classes",
                    "(mlp/confusion.png)", "(cnn/errors.png)", "| mnist100 | 300 | 300 | 300 |",
-                   "shift augmentation ±1 px, then warps: rotate ±8°, scale ±8%\n"):
+                   "shift augmentation ±1 px, then warps: rotate ±8°, scale ±8%, elastic 15 (σ 4 px)\n"):
         assert needle in text
     assert text.count("then warps") == 1  # the CNN's params have none
 
