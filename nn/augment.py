@@ -50,11 +50,12 @@ def shift_gather(x, shifts: np.ndarray, fill: float):
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) G with G @ v = v convolved with a Gaussian of std `sigma` (truncated at 4 sigma),
+    """(n, n) G with G @ v = v convolved with a Gaussian of std `sigma` (truncated at ⌈4 sigma⌉),
     zeros beyond the ends: the 1-D smoothing of `elastic_field`, as a matrix product."""
+    r = np.ceil(4 * sigma)
+    kernel_sum = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).sum()
     d = np.arange(n)[:, None] - np.arange(n)[None, :]
-    g = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 4 * sigma)
-    return g / np.exp(-0.5 * (np.arange(-np.ceil(4 * sigma), np.ceil(4 * sigma) + 1) / sigma) ** 2).sum()
+    return np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= r) / kernel_sum
 
 
 def elastic_field(rng: np.random.Generator, n: int, h: int, w: int, alpha: float,
