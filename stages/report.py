@@ -86,7 +86,8 @@ def warps(p: dict) -> str:
     if p.get("shear"):
         parts.append(f"shear ±{p['shear']:g}°")
     if p.get("elastic"):
-        parts.append(f"elastic {p['elastic']:g} (σ {p.get('elastic_sigma', 4.0):g} px)")
+        sigma = f" (σ {p['elastic_sigma']:g} px)" if "elastic_sigma" in p else ""
+        parts.append(f"elastic {p['elastic']:g}{sigma}")
     return f", then warps: {', '.join(parts)}" if parts else ""
 
 

@@ -230,7 +230,7 @@ def test_report_page_lists_both_models(evaluated, data):
     tmp, outs = evaluated
     params = tmp / "p.yaml"
     params.write_text(json.dumps({"mlp": {**model_params(MLP), "rotate": 8, "scale": 0.08,
-                                          "elastic": 15},
+                                          "elastic": 15, "elastic_sigma": 4},
                                   "cnn": model_params(CNN)}))
     page = tmp / "reports" / "README.md"
     result = CliRunner().invoke(report.app, [
