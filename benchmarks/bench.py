@@ -64,10 +64,25 @@ def torch_model(spec: list[dict]):
             k = x.shape[1] // 2
             return (x[:, :k, None] + x[:, None, k:]).reshape(len(x), k * k)
 
+    class Tiles(tnn.Module):  # nn.layers.Tiles, in NCHW: (N, C, H, p*W) -> (p*N, C, H, W)
+        def __init__(self, parts):
+            super().__init__()
+            self.parts = parts
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            x = x.reshape(n, c, h, self.parts, w // self.parts).permute(0, 3, 1, 2, 4)
+            return x.reshape(n * self.parts, c, h, w // self.parts)
+
+    class Untile(Tiles):  # nn.layers.Untile: (p*N, F) -> (N, p*F)
+        def forward(self, x):
+            return x.reshape(len(x) // self.parts, self.parts * x.shape[1])
+
+    ours = {"OuterSum": OuterSum, "Tiles": Tiles, "Untile": Untile}
     layers = []
     for entry in spec:
         args = {k: v for k, v in entry.items() if k not in ("type", "init")}
-        layers.append(OuterSum() if entry["type"] == "OuterSum" else getattr(tnn, entry["type"])(**args))
+        layers.append((ours.get(entry["type"]) or getattr(tnn, entry["type"]))(**args))
     return tnn.Sequential(*layers)
 
 

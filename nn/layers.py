@@ -476,5 +476,73 @@ class OuterSum(Layer):
         return (k * k,)
 
 
+class Tiles(Layer):
+    """Cut each image into `parts` side-by-side tiles, each its own example:
+    (N, H, parts*W, C) -> (parts*N, H, W, C), image n's tile j at row n*parts + j.
+
+    The layers after it see single tiles, so their weights are shared across the tiles: an
+    MNIST-100 pair (28x56) becomes two 28x28 digits that one digit network reads, each of its
+    examples teaching it twice. `Untile` puts each image's tiles back together. Backward is the
+    inverse rearrangement: no arithmetic, every value just moves back to where it came from.
+    """
+
+    def __init__(self, parts: int = 2):
+        super().__init__()
+        self.parts = _positive_int("parts", parts)
+        self._spec = {"parts": self.parts}
+
+    def _tile_width(self, width: int) -> int:
+        if width % self.parts:
+            raise ValueError(f"Tiles({self.parts}) needs a width divisible by {self.parts}, got {width}")
+        return width // self.parts
+
+    def forward(self, x, training):
+        if x.ndim != 4:
+            raise ValueError(f"Tiles expects (N, H, W, C) images, got shape {x.shape}")
+        n, h, w, c = x.shape
+        tw = self._tile_width(w)
+        self.cache = x.shape if training else None
+        tiles = x.reshape(n, h, self.parts, tw, c).transpose(0, 2, 1, 3, 4)   # (N, parts, H, W, C)
+        return tiles.reshape(n * self.parts, h, tw, c)
+
+    def backward(self, dout):
+        n, h, w, c = self._need_cache()
+        d = dout.reshape(n, self.parts, h, w // self.parts, c).transpose(0, 2, 1, 3, 4)
+        return d.reshape(n, h, w, c)
+
+    def output_shape(self, input_shape):
+        """One tile's shape (the batch axis holds `parts` times as many examples)."""
+        if len(input_shape) != 3:
+            raise ValueError(f"Tiles expects (H, W, C) per example, got {tuple(input_shape)}")
+        h, w, c = input_shape
+        return (h, self._tile_width(w), c)
+
+
+class Untile(Layer):
+    """The inverse grouping of `Tiles`: (parts*N, F) -> (N, parts*F), each image's tiles'
+    features side by side, tile 0 first. Before `OuterSum`, with F = 10 scores per digit, this
+    gives the (N, 20) that it turns into 100 pair scores."""
+
+    def __init__(self, parts: int = 2):
+        super().__init__()
+        self.parts = _positive_int("parts", parts)
+        self._spec = {"parts": self.parts}
+
+    def forward(self, x, training):
+        if x.ndim != 2 or len(x) % self.parts:
+            raise ValueError(f"Untile({self.parts}) expects (N, F) with N divisible by {self.parts}, "
+                             f"got shape {x.shape}")
+        self.cache = x.shape if training else None
+        return x.reshape(len(x) // self.parts, self.parts * x.shape[1])
+
+    def backward(self, dout):
+        return dout.reshape(self._need_cache())
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"Untile expects (F,) per tile, got {tuple(input_shape)}")
+        return (self.parts * input_shape[0],)
+
+
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d, OuterSum)}
+                                        BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}

@@ -234,6 +234,32 @@ def test_whole_cnn_matches_reference_and_passes_gradcheck(threaded):
     assert max(errors.values()) < 1e-6, errors
 
 
+TILED_SPEC = [  # params.yaml's cnn in miniature: one digit network read twice, OuterSum on top
+    {"type": "Tiles", "parts": 2},
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2},
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 4 * 4 * 4, "out_features": 3},
+    {"type": "Untile", "parts": 2},
+    {"type": "OuterSum"},
+]
+
+
+def test_tiled_model_matches_reference_and_passes_gradcheck(threaded):
+    a = float64(build(TILED_SPEC, np.random.default_rng(6), "reference"))
+    b = float64(build(TILED_SPEC, np.random.default_rng(6), "fast"))
+    x = tied(np.random.default_rng(7), 3, 8, 16, 1)
+    assert b.forward(x, training=False).shape == (3, 9)
+    assert_same(a, b, x)
+    errors = check_gradients(b, np.random.default_rng(8).standard_normal(x.shape))
+    assert max(errors.values()) < 1e-6, errors
+    # Training skips Tiles' backward (no parameters before the Conv2d) and still fills every grad.
+    b.forward(x, training=True)
+    b.layers[0].cache = None
+    assert b.backward(np.ones((3, 9)), input_grad=False) is None
+    assert set(b.grads()) == {"1.W", "1.b", "5.W", "5.b"}
+
 def test_training_backward_skips_dx_and_layers_before_the_first_parameters():
     spec = [{"type": "Flatten"}, {"type": "Linear", "in_features": 4, "out_features": 3}]
     model = build(spec, np.random.default_rng(0))

@@ -19,7 +19,7 @@ from nn.gpu import layers as gpu_layers
 from nn.gpu import optim as gpu_optim
 from nn.gpu.model import GpuSequential
 from nn.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d,
-                       OuterSum, ReLU)
+                       OuterSum, ReLU, Tiles, Untile)
 from nn.losses import softmax_cross_entropy
 from nn.mnist.modelfile import load, save
 from nn.model import Sequential
@@ -53,6 +53,8 @@ def layers(rng):
         (BatchNorm1d(5, dtype=d), (8, 5)),
         (BatchNorm2d(3, dtype=d), (2, 4, 5, 3)),
         (OuterSum(), (4, 8)),
+        (Tiles(2), (3, 4, 6, 2)),
+        (Untile(2), (6, 5)),
     ]
 
 
@@ -69,7 +71,7 @@ ENGINES = ["reference", "gpu"]
 
 
 @pytest.mark.parametrize("name", ENGINES)
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(17))
 def test_every_layer_forward_and_gradients_match_the_cpu(index, name):
     rng = np.random.default_rng(index)
     cpu, shape = layers(np.random.default_rng(0))[index]

@@ -16,6 +16,8 @@ from nn.layers import (
     MaxPool2d,
     OuterSum,
     ReLU,
+    Tiles,
+    Untile,
 )
 from nn.losses import log_softmax
 
@@ -152,6 +154,39 @@ def test_outer_sum_gradients_and_its_softmax_is_two_independent_softmaxes():
     with pytest.raises(ValueError, match="even number of scores, got 5"):
         OuterSum().output_shape((5,))
 
+
+def test_tiles_cut_each_image_into_side_by_side_examples_and_untile_regroups_them():
+    rng = np.random.default_rng(11)
+    x = randn(rng, 3, 4, 6, 2)                             # 3 images, 2 tiles of width 3 each
+    tiles = Tiles(2).forward(x, training=False)
+    assert tiles.shape == (6, 4, 3, 2)
+    np.testing.assert_array_equal(tiles[2 * 1 + 0], x[1, :, :3])   # image 1's left tile
+    np.testing.assert_array_equal(tiles[2 * 1 + 1], x[1, :, 3:])   # and its right one
+    assert Tiles(3).output_shape((28, 84, 1)) == (28, 28, 1)
+    scores = randn(rng, 6, 5)                              # 5 scores per tile
+    joined = Untile(2).forward(scores, training=False)
+    np.testing.assert_array_equal(joined[1], np.concatenate([scores[2], scores[3]]))
+    assert Untile(2).output_shape((5,)) == (10,)
+
+
+def test_tiles_and_untile_gradients():
+    rng = np.random.default_rng(12)
+    assert_gradients(Tiles(2), randn(rng, 2, 3, 4, 2))
+    assert_gradients(Tiles(3), randn(rng, 2, 2, 6, 1))
+    assert_gradients(Untile(2), randn(rng, 4, 3))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: Tiles(2).forward(np.zeros((2, 4, 5, 1)), False), "width divisible by 2, got 5"),
+    (lambda: Tiles(2).forward(np.zeros((2, 4, 6)), False), r"expects \(N, H, W, C\) images"),
+    (lambda: Tiles(2).output_shape((4, 7, 1)), "width divisible by 2, got 7"),
+    (lambda: Untile(2).forward(np.zeros((3, 4)), False), "N divisible by 2"),
+    (lambda: Untile(2).output_shape((2, 5)), r"expects \(F,\) per tile"),
+    (lambda: Tiles(0), "parts must be a positive int, got 0"),
+])
+def test_tiles_and_untile_name_what_does_not_fit(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 def test_dropout_gradients():
     rng = np.random.default_rng(4)

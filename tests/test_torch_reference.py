@@ -138,3 +138,24 @@ def test_batchnorm_matches_torch(ours_cls, ref_cls, shape):
     x = rng.standard_normal(shape)
     ref.eval()
     np.testing.assert_allclose(layer.forward(x, training=False), from_torch(ref(to_torch(x))), **TOL)
+
+
+def test_the_benchmarks_torch_twins_of_our_own_layers_compute_the_same():
+    """benchmarks/bench.py times PyTorch on params.yaml's architectures; Tiles, Untile and
+    OuterSum have no torch.nn class, so it brings its own. They must do what ours do."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from bench import torch_model
+
+    from nn.layers import OuterSum, Tiles, Untile
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 6, 2))
+    twin = torch_model([{"type": "Tiles", "parts": 2}])
+    np.testing.assert_array_equal(nhwc(twin(nchw(x))), Tiles(2).forward(x, training=False))
+    scores = rng.standard_normal((6, 5))
+    twin = torch_model([{"type": "Untile", "parts": 2}, {"type": "OuterSum"}])
+    ours = Sequential([Untile(2), OuterSum()]).forward(scores, training=False)
+    np.testing.assert_array_equal(twin(torch.tensor(scores)).numpy(), ours)

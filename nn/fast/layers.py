@@ -13,7 +13,8 @@ and name) and overrides only `forward`/`backward`. What changes is how the arith
   * `backward(dout, input_grad=False)` skips dx for the first layer of a model;
   * gradients go into the buffers `FastSequential` hands out (`_Grads`), views into one flat
     array that `nn.fast.optim` updates in a few passes.
-ReLU, Dropout, Flatten and OuterSum have nothing to gain and are the reference classes themselves.
+ReLU, Dropout, Flatten, OuterSum, Tiles and Untile have nothing to gain and are the reference
+classes themselves.
 `tests/test_fast.py` holds every path here to the reference layers.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from nn import layers as ref
 from nn.fast import kernels, threads
-from nn.layers import Dropout, Flatten, OuterSum, ReLU
+from nn.layers import Dropout, Flatten, OuterSum, ReLU, Tiles, Untile
 
 
 class _Grads:
@@ -324,4 +325,4 @@ class BatchNorm2d(_FastBatchNorm, ref.BatchNorm2d):
 
 
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d, OuterSum)}
+                                        BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}

@@ -14,14 +14,14 @@ and name) and overrides only `forward`/`backward`, for inputs that are CuPy arra
     the size of the input), one for the gradient's way back;
   * ReLU's backward is one kernel instead of a compare and a multiply;
   * Linear and Conv2d's `backward(dout, input_grad=False)` skip dx (the model's first layer).
-BatchNorm, Dropout, Flatten and OuterSum are the reference classes: their steps are already
+BatchNorm, Dropout, Flatten, OuterSum, Tiles and Untile are the reference classes: their steps are already
 whole-array calls. `tests/test_gpu.py` holds every layer here to the reference on the CPU.
 """
 
 from nn import layers as ref
 from nn.backend import array_module
 from nn.gpu import kernels
-from nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, OuterSum
+from nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, OuterSum, Tiles, Untile
 
 BLOCK_ROWS = 2048  # rows of one block of `tall_grads`: 128 blocks for the first layer at batch 128
 
@@ -117,4 +117,4 @@ class ReLU(ref.ReLU):
 
 
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d, OuterSum)}
+                                        BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}
