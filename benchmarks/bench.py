@@ -160,6 +160,8 @@ def main():
                         help="steps per framework per round; the first 3 are not timed")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference layers")
+    parser.add_argument("--params", default=os.path.join(ROOT, "params.yaml"),
+                        help="the params file whose mlp and cnn sections to time (an experiment's)")
     args = parser.parse_args()
 
     torch = None
@@ -172,7 +174,7 @@ def main():
         torch.set_num_threads(2)
         torch.manual_seed(0)
 
-    params = read_params()
+    params = read_params(args.params)
     engines = ["fast"] + ([] if args.no_reference else ["reference"])
     rng = np.random.default_rng(0)
     batch = 128
