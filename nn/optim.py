@@ -178,3 +178,35 @@ class AdamW(Adam):
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(lr, betas, eps, weight_decay)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (Polyak averaging), to evaluate.
+
+    After each optimiser step, `update(params)` moves every average toward its parameter:
+    avg ← avg + (1 - decay) · (param - avg), so the average weighs the last step by 1 - decay
+    and forgets with a time constant of about 1 / (1 - decay) steps (1,000 at decay 0.999).
+    The noise of single steps averages out where the rate is high; the trained weights
+    themselves are never changed by it. `swap(model)` exchanges the averages and the model's
+    weights in place (call it again to swap back); BatchNorm's running statistics stay those
+    of training.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], decay: float):
+        if not isinstance(decay, (int, float)) or not 0 < decay < 1:
+            raise ValueError(f"the weight average's decay must be in (0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.avg = {k: p.copy() for k, p in params.items()}
+
+    def update(self, params: dict[str, np.ndarray]) -> None:
+        for k, p in params.items():
+            a = self.avg[k]
+            a += (1 - self.decay) * (p - a)
+
+    def swap(self, params: dict[str, np.ndarray]) -> None:
+        """Exchange the averages with the live parameter arrays' values, in place."""
+        for k, p in params.items():
+            a = self.avg[k]
+            held = p.copy()
+            p[...] = a
+            a[...] = held

@@ -10,7 +10,7 @@ import numpy as np
 
 from nn.backend import CPU, Device
 from nn.losses import log_softmax, softmax_cross_entropy
-from nn.optim import clip_grad_norm
+from nn.optim import WeightAverage, clip_grad_norm
 
 
 TRANSFERS = ("batch", "once")  # how training data reach the device: see fit
@@ -57,7 +57,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         epochs: int, batch_size: int, rng: np.random.Generator,
         schedule=None, augment: Callable | None = None, label_smoothing: float = 0.0,
         clip_norm: float | None = None, early_stopping_patience: int | None = None,
-        device: Device = CPU, transfer: str = "batch",
+        ema: float | None = None, device: Device = CPU, transfer: str = "batch",
         on_epoch: Callable[[dict], None] | None = None,
         on_step: Callable[[int, int, float], None] | None = None) -> list[dict]:
     """Train `model` in place with mini-batch gradient descent; returns the per-epoch history.
@@ -77,7 +77,10 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     before the first epoch and cuts and augments the batches there. Shuffling, shifts and
     dropout masks are drawn on the host from `rng` either way, so both see the same batches.
     With early_stopping_patience=p, training stops after p epochs without a better dev
-    accuracy, and the weights of the best epoch are restored at the end.
+    accuracy, and the weights of the best epoch are restored at the end. With `ema` (a decay
+    in (0, 1)), an exponential moving average of the weights follows the training
+    (nn.optim.WeightAverage): dev is scored with it, and the model ends with it (or with the
+    best epoch's).
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
     epoch). A NaN/inf or absurd (> ABSURD_LOSS) loss, or a NaN/inf weight, raises
     DivergedError: a blown-up model is never returned.
@@ -96,6 +99,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         raise ValueError("train: no examples")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
+    average = None if ema is None else WeightAverage(model.params(), ema)
     xp = device.xp
     if transfer == "once":  # the batches below then index arrays on the device
         x_train, y_train = device.asarray(x_train), device.asarray(y_train)
@@ -134,6 +138,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             if clip_norm is not None:
                 clip_grad_norm(grads, clip_norm)
             optimizer.step(model.params(), grads)
+            if average is not None:
+                average.update(model.params())
             global_step += 1
 
             loss_sum += loss * len(yb)
@@ -145,6 +151,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         if bad:
             raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
                                 f"in epoch {epoch} (lr {optimizer.lr:g})")
+        if average is not None:
+            average.swap(model.params())  # dev scored, and the best epoch kept, averaged
         dev_loss, dev_acc = (evaluate(model, x_dev, y_dev, batch_size, device) if has_dev
                              else (None, None))
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
@@ -156,11 +164,16 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         if on_epoch is not None:
             on_epoch(record)
 
+        stop = False
         if early_stopping_patience is not None:
             if dev_acc > best_acc:
                 best_acc, best_state, best_epoch = dev_acc, model.state_dict(), epoch
-            elif epoch - best_epoch >= early_stopping_patience:
-                break
+            else:
+                stop = epoch - best_epoch >= early_stopping_patience
+        if average is not None and not (stop or epoch == epochs):
+            average.swap(model.params())  # training goes on with its own weights
+        if stop:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     return history

@@ -86,6 +86,8 @@ class TrainParams(Params):
     elastic_sigma: Annotated[Float, Field(gt=0, le=28)] = 4.0  # smoothness, pixels (elastic_field)
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
+    ema: Annotated[Float | None, Field(gt=0, lt=1)] = None  # decay of a moving average of the
+    # weights that dev is scored with and the model file keeps (nn.optim.WeightAverage)
     # Train on a seeded random subset of this many training images (null: all of them); the
     # dev set stays whole. `nn tune` uses it to make trials cheap.
     train_size: Annotated[Int | None, Field(ge=1)] = None
@@ -228,7 +230,7 @@ def main(
                           batch_size=p.batch_size, rng=rng, schedule=schedule,
                           augment=augment,
                           label_smoothing=p.label_smoothing, clip_norm=p.clip_norm,
-                          early_stopping_patience=p.early_stopping_patience,
+                          early_stopping_patience=p.early_stopping_patience, ema=p.ema,
                           device=device, transfer=p.transfer, on_epoch=on_epoch, on_step=None if bar.disable else on_step)
         bar.close()
         scores = dev_metrics(records)

@@ -413,3 +413,21 @@ def test_the_engine_picks_its_optimisers():
     assert issubclass(fast_optim.FastAdamW, optim.AdamW) and fast_optim.FastAdamW.decoupled
     assert issubclass(fast_optim.FastAdam, optim.Adam) and not fast_optim.FastAdam.decoupled
     assert optimizer("adamw", "fast", lr=0.1).weight_decay == optim.AdamW(0.1).weight_decay
+
+
+def test_the_weight_average_trains_the_engine_as_the_reference():
+    """fit's `ema` swaps the average into the engine's flat parameter buffer and back: the
+    engine's run (FastAdamW on that buffer) ends with the reference run's average."""
+    from nn.train import fit
+
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((40, 8, 16, 1)).astype(np.float32)
+    y = rng.integers(0, 9, 40)
+    nets = []
+    for engine in ("reference", "fast"):
+        net = build(TILED_SPEC, np.random.default_rng(21), engine)
+        fit(net, optimizer("adamw", engine, lr=0.01), x, y, x[:10], y[:10], epochs=2,
+            batch_size=8, rng=np.random.default_rng(22), ema=0.8)
+        nets.append(net)
+    for k, v in nets[0].params().items():
+        np.testing.assert_allclose(nets[1].params()[k], v, rtol=1e-4, atol=1e-5, err_msg=k)

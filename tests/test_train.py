@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from nn.losses import softmax_cross_entropy
-from nn.optim import SGD, Adam
+from nn.optim import SGD, Adam, WeightAverage
 from nn.schedules import make_schedule
 from nn.train import DivergedError, evaluate, fit
 
@@ -96,6 +96,65 @@ def test_early_stopping_restores_the_best_dev_weights():
         np.testing.assert_array_equal(final[k], snapshots[best][k])
     assert evaluate(net, x_dev, y_dev, 16)[1] == dev[best - 1]
 
+
+def test_weight_average_is_the_exponential_moving_average_and_swaps_back():
+    params = {"w": np.array([0.0, 10.0])}
+    average = WeightAverage(params, decay=0.5)
+    for value in (2.0, 4.0):
+        params["w"][...] = value
+        average.update(params)
+    # avg: [0, 10] -> [1, 6] -> [2.5, 5]
+    np.testing.assert_array_equal(average.avg["w"], [2.5, 5.0])
+    live = params["w"]
+    average.swap(params)
+    assert params["w"] is live                                 # in place: views stay valid
+    np.testing.assert_array_equal(live, [2.5, 5.0])
+    average.swap(params)
+    np.testing.assert_array_equal(live, [4.0, 4.0])
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\), got 1"):
+        WeightAverage(params, decay=1)
+
+
+def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
+    x, y = separable(48, seed=11)
+    x_dev, y_dev = separable(30, seed=12)
+    net, steps = model(), []
+    expected = {k: v.copy() for k, v in net.params().items()}   # the average, step by step
+
+    def on_step(*_):
+        steps.append({k: v.copy() for k, v in net.params().items()})
+        for k, v in net.params().items():
+            expected[k] += (1 - 0.9) * (v - expected[k])
+
+    history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
+                  rng=np.random.default_rng(0), ema=0.9, on_step=on_step)
+    for k, v in net.params().items():
+        np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-7)
+    assert history[-1]["dev_acc"] == evaluate(net, x_dev, y_dev)[1]
+    # the same run without the average trains through the same weights
+    plain, plain_steps = model(), []
+    fit(plain, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
+        rng=np.random.default_rng(0),
+        on_step=lambda *_: plain_steps.append({k: v.copy() for k, v in plain.params().items()}))
+    for a, b in zip(steps, plain_steps, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_ema_with_early_stopping_keeps_the_best_averaged_epoch():
+    x, y = separable(64, seed=4)
+    x_dev, _ = separable(40, seed=5)
+    y_dev = np.random.default_rng(6).integers(0, 3, size=40)
+    snapshots = {}
+    net = model()
+    history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=30, batch_size=16,
+                  rng=np.random.default_rng(0), early_stopping_patience=2, ema=0.5,
+                  on_epoch=lambda r: snapshots.update({r["epoch"]: net.state_dict()}))
+    dev = [r["dev_acc"] for r in history]
+    best = int(np.argmax(dev)) + 1
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, snapshots[best][k])
+    assert evaluate(net, x_dev, y_dev, 16)[1] == dev[best - 1]
 
 def test_progress_hook_schedule_and_plateau():
     x, y = separable(20, seed=7)

@@ -86,6 +86,7 @@ def run_train(tmp_path, data, name, params, dataset):
     ({"layers": [{"type": "Flatten"}, "ReLU"]}, "mlp.layers[1]: expected a mapping, got str"),
     ({"optimizer": "adam"}, "mlp.optimizer: expected a mapping, got str"),
     ({"clip_norm": 0}, "mlp.clip_norm: 0.0 must be > 0"),
+    ({"ema": 1}, "mlp.ema: 1.0 must be < 1"),
 ])
 def test_bad_params_name_the_key_and_write_nothing(tmp_path, data, change, message):
     result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, **change), "mnist")
