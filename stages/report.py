@@ -70,7 +70,7 @@ def render(models: dict[str, dict], params: dict, datasets: dict[str, dict[str, 
                   f"{opt['name']} lr {opt['lr']} weight decay {opt.get('weight_decay', 0)}, "
                   f"schedule {sched['name']}{f' ({args})' if args else ''}, "
                   f"label smoothing {p.get('label_smoothing', 0)}, "
-                  f"shift augmentation ±{p.get('max_shift', 0)} px{warps(p)}", "",
+                  f"shift augmentation ±{p.get('max_shift', 0)} px{warps(p)}{kept(p)}", "",
                   f"`{describe_layers(p['layers'])}`", ""]
     return "\n".join(lines)
 
@@ -89,6 +89,17 @@ def warps(p: dict) -> str:
         sigma = f" (σ {p['elastic_sigma']:g} px)" if "elastic_sigma" in p else ""
         parts.append(f"elastic {p['elastic']:g}{sigma}")
     return f", then warps: {', '.join(parts)}" if parts else ""
+
+
+def kept(p: dict) -> str:
+    """"; dev scored with a moving average of the weights (decay 0.999); the best dev epoch kept
+    (patience 2)" for what the params turn on, or ""."""
+    parts = []
+    if p.get("ema") is not None:
+        parts.append(f"dev scored with a moving average of the weights (decay {p['ema']:g})")
+    if p.get("early_stopping_patience") is not None:
+        parts.append(f"the best dev epoch kept (patience {p['early_stopping_patience']})")
+    return f"; {'; '.join(parts)}" if parts else ""
 
 
 def parse_models(args: list[str]) -> dict[str, str]:

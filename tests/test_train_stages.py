@@ -232,7 +232,7 @@ def test_report_page_lists_both_models(evaluated, data):
     params = tmp / "p.yaml"
     params.write_text(json.dumps({"mlp": {**model_params(MLP), "rotate": 8, "scale": 0.08,
                                           "elastic": 15, "elastic_sigma": 4},
-                                  "cnn": model_params(CNN)}))
+                                  "cnn": {**model_params(CNN), "ema": 0.999, "early_stopping_patience": 2}}))
     page = tmp / "reports" / "README.md"
     result = CliRunner().invoke(report.app, [
         "--data", str(data), "--reports", str(tmp / "reports"), "--out", str(page),
@@ -244,6 +244,9 @@ def test_report_page_lists_both_models(evaluated, data):
                    "shift augmentation ±1 px, then warps: rotate ±8°, scale ±8%, elastic 15 (σ 4 px)\n"):
         assert needle in text
     assert text.count("then warps") == 1  # the CNN's params have none
+    assert ("±1 px; dev scored with a moving average of the weights (decay 0.999); the best dev "
+            "epoch kept (patience 2)\n") in text
+    assert text.count("moving average") == 1
 
 
 TIMING = re.compile(r"second|time|elapsed|duration|date|host", re.IGNORECASE)
