@@ -481,8 +481,8 @@ class Tiles(Layer):
     (N, H, parts*W, C) -> (parts*N, H, W, C), image n's tile j at row n*parts + j.
 
     The layers after it see single tiles, so their weights are shared across the tiles: an
-    MNIST-100 pair (28x56) becomes two 28x28 digits that one digit network reads, each of its
-    examples teaching it twice. `Untile` puts each image's tiles back together. Backward is the
+    MNIST-100 pair (28x56) becomes two 28x28 digits that one digit network reads, and each pair
+    teaches that network twice. `Untile` puts each image's tiles back together. Backward is the
     inverse rearrangement: no arithmetic, every value just moves back to where it came from.
     """
 

@@ -187,7 +187,7 @@ class WeightAverage:
     avg ← avg + (1 - decay) · (param - avg), so the average weighs the last step by 1 - decay
     and forgets with a time constant of about 1 / (1 - decay) steps (1,000 at decay 0.999).
     The noise of single steps averages out where the rate is high; the trained weights
-    themselves are never changed by it. `swap(model)` exchanges the averages and the model's
+    themselves are never changed by it. `swap(params)` exchanges the averages and the live
     weights in place (call it again to swap back); BatchNorm's running statistics stay those
     of training.
     """

@@ -14,8 +14,8 @@ and name) and overrides only `forward`/`backward`, for inputs that are CuPy arra
     the size of the input), one for the gradient's way back;
   * ReLU's backward is one kernel instead of a compare and a multiply;
   * Linear and Conv2d's `backward(dout, input_grad=False)` skip dx (the model's first layer).
-BatchNorm, Dropout, Flatten, OuterSum, Tiles and Untile are the reference classes: their steps are already
-whole-array calls. `tests/test_gpu.py` holds every layer here to the reference on the CPU.
+BatchNorm, Dropout, Flatten, OuterSum, Tiles and Untile are the reference classes: their steps
+are already whole-array calls. `tests/test_gpu.py` holds every layer here to the reference on the CPU.
 """
 
 from nn import layers as ref
