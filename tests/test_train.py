@@ -78,14 +78,15 @@ def test_exploding_learning_rate_raises_instead_of_returning_a_nan_model():
             rng=np.random.default_rng(0))
 
 
-def test_early_stopping_restores_the_best_dev_weights():
+@pytest.mark.parametrize("ema", [None, 0.5], ids=["trained", "ema"])  # ema: the best averaged epoch
+def test_early_stopping_restores_the_best_dev_weights(ema):
     x, y = separable(64, seed=4)
     x_dev, _ = separable(40, seed=5)
     y_dev = np.random.default_rng(6).integers(0, 3, size=40)   # noise: dev acc wanders
     snapshots = {}
     net = model()
     history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=30, batch_size=16,
-                  rng=np.random.default_rng(0), early_stopping_patience=2,
+                  rng=np.random.default_rng(0), early_stopping_patience=2, ema=ema,
                   on_epoch=lambda r: snapshots.update({r["epoch"]: net.state_dict()}))
     dev = [r["dev_acc"] for r in history]
     best = int(np.argmax(dev)) + 1                             # first best epoch
@@ -140,21 +141,6 @@ def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 
-
-def test_ema_with_early_stopping_keeps_the_best_averaged_epoch():
-    x, y = separable(64, seed=4)
-    x_dev, _ = separable(40, seed=5)
-    y_dev = np.random.default_rng(6).integers(0, 3, size=40)
-    snapshots = {}
-    net = model()
-    history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=30, batch_size=16,
-                  rng=np.random.default_rng(0), early_stopping_patience=2, ema=0.5,
-                  on_epoch=lambda r: snapshots.update({r["epoch"]: net.state_dict()}))
-    dev = [r["dev_acc"] for r in history]
-    best = int(np.argmax(dev)) + 1
-    for k, v in net.state_dict().items():
-        np.testing.assert_array_equal(v, snapshots[best][k])
-    assert evaluate(net, x_dev, y_dev, 16)[1] == dev[best - 1]
 
 def test_progress_hook_schedule_and_plateau():
     x, y = separable(20, seed=7)
