@@ -184,24 +184,33 @@ class WeightAverage:
     """An exponential moving average of a model's parameters (Polyak averaging), to evaluate.
 
     After each optimiser step, `update(params)` moves every average toward its parameter:
-    avg ← avg + (1 - decay) · (param - avg), so the average weighs the last step by 1 - decay
-    and forgets with a time constant of about 1 / (1 - decay) steps (1,000 at decay 0.999).
-    The noise of single steps averages out where the rate is high; the trained weights
-    themselves are never changed by it. `swap(params)` exchanges the averages and the live
-    weights in place (call it again to swap back); BatchNorm's running statistics stay those
-    of training.
+    avg ← avg + (1 - d_t) · (param - avg), with the decay warmed up as TensorFlow's
+    ExponentialMovingAverage does with `num_updates`: d_t = min(decay, (1 + t) / (10 + t))
+    at the t-th update (t = 0, 1, ...). Early on the average spans about the last tenth of
+    the run, so it never lags far behind the weights it follows, however short the run;
+    after about 10 / (1 - decay) updates it is the plain average with a time constant of
+    1 / (1 - decay) steps (1,000 at decay 0.999). The trained weights are never changed by it.
+    `swap(params)` exchanges the averages and the live weights in place (call it again to
+    swap back); BatchNorm's running statistics stay those of training.
     """
 
     def __init__(self, params: dict[str, np.ndarray], decay: float):
         if not isinstance(decay, (int, float)) or not 0 < decay < 1:
             raise ValueError(f"the weight average's decay must be in (0, 1), got {decay!r}")
         self.decay = float(decay)
+        self.updates = 0
         self.avg = {k: p.copy() for k, p in params.items()}
 
+    def current_decay(self) -> float:
+        """d_t for the next update: the warm-up's (1 + t) / (10 + t) until it reaches `decay`."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     def update(self, params: dict[str, np.ndarray]) -> None:
+        rate = 1 - self.current_decay()
         for k, p in params.items():
             a = self.avg[k]
-            a += (1 - self.decay) * (p - a)
+            a += rate * (p - a)
+        self.updates += 1
 
     def swap(self, params: dict[str, np.ndarray]) -> None:
         """Exchange the averages with the live parameter arrays' values, in place."""

@@ -23,6 +23,29 @@ class DivergedError(RuntimeError):
     """The loss became absurd (NaN, infinite, or above ABSURD_LOSS) or the weights non-finite."""
 
 
+class UselessModelError(RuntimeError):
+    """Training ended with a model that scores dev at chance although it learned its training set."""
+
+
+def check_useful(record: dict, y_dev, averaged: bool) -> None:
+    """Refuse the kept epoch's model when its dev accuracy is at chance while its training
+    accuracy is not: such a contradiction is a bug or a data mismatch, never a result.
+
+    Chance is the most frequent dev label's share (a constant guess); "at chance" is within a
+    tenth of the way from it to 100 %, "learned" at least half of the way there.
+    """
+    counts = np.bincount(np.asarray(y_dev.get() if hasattr(y_dev, "get") else y_dev))
+    chance = counts.max() / counts.sum()
+    dev, train = record["dev_acc"], record["train_acc"]
+    if dev < chance + 0.1 * (1 - chance) and train >= chance + 0.5 * (1 - chance):
+        cause = ("the weight average (ema) did not follow the training" if averaged else
+                 "dev data that do not match the training data (labels or preprocessing)")
+        raise UselessModelError(
+            f"training gave a useless model: dev accuracy {dev:.1%} is at chance ({chance:.1%}) "
+            f"while training accuracy is {train:.1%} (epoch {record['epoch']}); likely cause: "
+            f"{cause}")
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
              device: Device = CPU) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` (its parameters on `device`) in inference mode.
@@ -83,7 +106,9 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     best epoch's).
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
     epoch). A NaN/inf or absurd (> ABSURD_LOSS) loss, or a NaN/inf weight, raises
-    DivergedError: a blown-up model is never returned.
+    DivergedError: a blown-up model is never returned. Nor is a useless one: a kept epoch
+    whose dev accuracy is at chance while its training accuracy is not raises
+    UselessModelError (check_useful).
     """
     _check_data("train", x_train, y_train)
     has_dev = x_dev is not None and y_dev is not None
@@ -176,4 +201,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if has_dev:
+        check_useful(history[best_epoch - 1] if best_state is not None else history[-1], y_dev,
+                     averaged=average is not None)
     return history

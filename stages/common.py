@@ -72,7 +72,15 @@ def read_yaml(path: str | Path) -> Any:
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found") from None
     except YAMLError as e:
-        raise ParamsError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise ParamsError(f"{path}: {yaml_problem(e)}") from None
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML parser's error as one line: where (line and column, 1-based) and the reason."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    reason = " ".join((problem or str(e).splitlines()[0]).split())
+    return f"invalid YAML at {where}{reason}" if where else f"invalid YAML: {reason}"
 
 
 def _dotted(prefix: str, loc: tuple) -> str:
@@ -186,16 +194,46 @@ def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") ->
     return validate(cls, data[section], section)
 
 
+def _recorded(dvc_stage: str, lock: Path = Path("dvc.lock")) -> set[str]:
+    """The outputs dvc.lock records for `dvc_stage` (empty without a lock or that stage)."""
+    try:
+        stage = ((read_yaml(lock) or {}).get("stages") or {}).get(dvc_stage) or {}
+        return {out["path"] for out in stage.get("outs") or []}
+    except (ParamsError, AttributeError, KeyError, TypeError):
+        return set()
+
+
+def _removed_note(dvc_stage: str, outputs: tuple[Path, ...]) -> str | None:
+    """Says which of a failed stage's outputs are gone though dvc.lock records them, and how to
+    get them back: the stage never touches them, but `dvc repro` and `dvc exp run` delete a
+    stage's outputs before they run it. None when nothing recorded is missing."""
+    recorded = _recorded(dvc_stage) if any(not p.exists() for p in outputs) else set()
+    gone = [str(p) for p in outputs if not p.exists()
+            and any(q.as_posix() in recorded for q in (p, *p.parents))]
+    if not gone:
+        return None
+    return (f"DVC removed {', '.join(gone)} before the run; `dvc checkout {dvc_stage}` restores "
+            f"the cached ones (docs/11-pipeline.md)")
+
+
 @contextlib.contextmanager
-def fatal_errors(stage: str, *errors: type[BaseException]) -> Iterator[None]:
-    """Turn the expected errors of a stage into one line on stderr and exit status 1."""
+def fatal_errors(stage: str, *errors: type[BaseException],
+                 outputs: tuple[str | Path, ...] = (), dvc_stage: str | None = None
+                 ) -> Iterator[None]:
+    """Turn the expected errors of a stage into one line on stderr and exit status 1 (130 for
+    Ctrl-C); the line says whether the stage's `outputs` are still there, and how DVC restores
+    them (`dvc_stage`: the stage's name in dvc.yaml, when it is not `stage`)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
+    outputs = tuple(Path(p) for p in outputs)
     try:
         yield
     except (ParamsError, *errors) as e:
-        print(f"{stage}: error: {e}", file=sys.stderr)
+        note = _removed_note(dvc_stage or stage, outputs)
+        print(f"{stage}: error: {e}" + (f" ({note})" if note else ""), file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:  # Ctrl-C: the outputs are written together or not at all
-        print(f"{stage}: interrupted; outputs left as they were", file=sys.stderr)
+        note = _removed_note(dvc_stage or stage, outputs)
+        print(f"{stage}: interrupted; " + (f"nothing written, but {note}" if note else
+                                            "outputs left as they were"), file=sys.stderr)
         raise SystemExit(130) from None

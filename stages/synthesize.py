@@ -37,7 +37,8 @@ def main(
     samples: Annotated[Path, typer.Option(help="PNG grid of example pairs.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("synthesize", OSError, ValueError):
+    with fatal_errors("synthesize", OSError, ValueError,
+                      outputs=(*(out / f"{s}.npz" for s in SPLITS), samples)):
         p = load_params(Mnist100Params, "mnist100", params)
         sizes = {"train": p.train_size, "dev": p.dev_size, "test": p.test_size}
         # Every split is made before any is written, and all files are committed together, so

@@ -18,11 +18,11 @@ from nn import engine, optim
 from nn.augment import random_shift, random_warp
 from nn.backend import CPU, DEVICES, Device, DeviceError, get_device
 from nn.engine import ENGINES
-from nn.files import Array, load_npz, write_together
+from nn.files import Array, check_writable, load_npz, write_together
 from nn.mnist.modelfile import normalize, save
 from nn.model import Sequential
 from nn.schedules import make_schedule
-from nn.train import TRANSFERS, DivergedError, fit
+from nn.train import TRANSFERS, DivergedError, UselessModelError, fit
 from stages.common import (Bool, Float, Int, Params, ParamsError, Str, fatal_errors, finite,
                            load_params, param_error)
 
@@ -163,7 +163,9 @@ def main(
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
     stage = f"train@{model}"
-    with fatal_errors(stage, DivergedError, DeviceError, OSError, ValueError):
+    with fatal_errors(stage, DivergedError, UselessModelError, DeviceError, OSError, ValueError,
+                      outputs=(out, history, metrics)):
+        check_writable(out, history, metrics)  # before the training, not after it
         p = load_params(TrainParams, model, params)
         device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
         x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
@@ -206,6 +208,10 @@ def main(
         print(summary)
 
         augment = make_augment(p, np.float32(-normalization["mean"] / normalization["std"]))
+        if p.ema is not None and p.epochs * steps_per_epoch < 3 / (1 - p.ema):
+            print(f"{stage}: note: {model}.ema {p.ema:g} forgets over {1 / (1 - p.ema):,.0f} steps "
+                  f"and this run takes {p.epochs * steps_per_epoch:,}: the average stays in its "
+                  f"warm-up, over about the last tenth of the run")
 
         # A bar only when stderr is a terminal (disable=None); logs and CI get the epoch lines.
         bar = tqdm(total=steps_per_epoch, desc=f"{stage} epoch 1", unit="step", leave=False,

@@ -96,8 +96,8 @@ def predict(
     Each image is preprocessed as MNIST was made: grayscale, inverted if dark-on-light,
     cropped to its ink, scaled into 20x20 and centred by mass in 28x28 (per digit).
 
-    Exit status: 0 all predicted, 1 some images failed (the others are still printed),
-    2 the model could not be loaded.
+    Exit status: 0 all predicted, 1 some images failed (the others are still printed) or
+    --show-input would overwrite a file, 2 the model could not be loaded.
     """
     import io
     import sys
@@ -111,7 +111,7 @@ def predict(
                  if (p := _input_png_path(show_input, i, len(images))).exists()]
         if taken:
             _fail(f"{taken[0]}: exists; --show-input does not overwrite files without --force")
-            raise typer.Exit(EXIT_MODEL)
+            raise typer.Exit(EXIT_SOME_FAILED)
     stdin = sys.stdin.buffer.read() if any(str(p) == "-" for p in images) else b""
 
     try:
@@ -126,7 +126,7 @@ def predict(
         try:
             source = io.BytesIO(stdin) if str(path) == "-" else path
             results.append({"file": str(path), "input": preprocess(source, classifier.width, notes),
-                            "warning": notes[0] if notes else None})
+                            "warning": "; ".join(notes) or None})
         except ImageError as e:
             results.append({"file": str(path), "error": str(e)})
         except OSError as e:  # missing file, a directory, unreadable permissions
@@ -229,28 +229,31 @@ def lr_find(
     """
     import pandas as pd
 
-    from nn.files import write_bytes
+    from nn.files import check_writable, write_together
     from nn.mnist.charts import xy_chart
     from nn.mnist.pictures import png_bytes
     from nn.mnist.tune import dataset_of
     from nn.mnist.tune import lr_find as run
     from stages.common import ParamsError
 
+    csv, png = out / f"{model}.csv", out / f"{model}.png"
     try:
+        check_writable(csv, png)  # before the range test, not after it
         data = data or Path("data") / dataset_of(model, Path("dvc.yaml"))
         records, lr, rule = run(model, params, data, steps=steps, min_lr=min_lr, max_lr=max_lr)
+        table = pd.DataFrame(records)
+        chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True,
+                         mark_x=lr, x_label="learning rate", y_label="training loss (smoothed)",
+                         title=f"nn lr-find {model}: {len(table)} steps, suggested lr {lr:.2g}")
+        with write_together() as outputs:  # both files, or neither
+            outputs.write_bytes(csv, table.to_csv(index=False, float_format="%.6g").encode())
+            outputs.write_bytes(png, png_bytes(chart))
     except (ParamsError, OSError, ValueError) as e:
         _fail(str(e))
         raise typer.Exit(EXIT_TUNE) from None
-    table = pd.DataFrame(records)
-    write_bytes(out / f"{model}.csv", table.to_csv(index=False, float_format="%.6g").encode())
-    chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True, mark_x=lr,
-                     title=f"nn lr-find {model}: {len(table)} steps, suggested lr {lr:.2g}",
-                     x_label="learning rate", y_label="training loss (smoothed)")
-    write_bytes(out / f"{model}.png", png_bytes(chart))
     stopped = "" if len(table) == steps else f", stopped at step {len(table)}: the loss exploded"
     typer.echo(f"lr-find: {model}: {len(table)} steps from {min_lr:g} to {table['lr'].iloc[-1]:.3g}"
-               f"{stopped} -> {out / f'{model}.csv'}, {out / f'{model}.png'}")
+               f"{stopped} -> {csv}, {png}")
     typer.echo(f"lr-find: suggested lr {lr:.2g}: {rule}")
 
 
