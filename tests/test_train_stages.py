@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from nn.files import save_npz
 from nn.mnist.modelfile import load
+from nn.mnist.training import subset
 from stages import evaluate, report, train
 
 CNN = [
@@ -131,9 +132,9 @@ def test_the_dev_metrics_are_the_best_epoch_and_train_size_subsets(tmp_path, dat
     assert metrics == {"dev_acc": pytest.approx(rows["dev_acc"][best], abs=1e-6),
                        "best_epoch": best + 1, "epochs_run": 3}
     assert train.dev_metrics(rows.to_dict("records")) == metrics   # history.csv holds it all
-    x, y = train.subset(np.arange(200), np.arange(200), 50, seed=0)
+    x, y = subset(np.arange(200), np.arange(200), 50, seed=0)
     assert len(set(x)) == 50 and (np.diff(x) > 0).all() and (x == y).all()
-    assert train.subset(np.arange(10), np.arange(10), None, seed=0)[0].tolist() == list(range(10))
+    assert subset(np.arange(10), np.arange(10), None, seed=0)[0].tolist() == list(range(10))
 
 
 def test_a_missing_params_section_is_an_error(tmp_path, data):

@@ -17,7 +17,7 @@ from nn.lrfind import lr_range_test, suggest
 from nn.mnist import tune
 from nn.mnist.cli import app
 from nn.optim import SGD, Adam
-from stages.common import ParamsError
+from nn.mnist.params import ParamsError
 
 SPACE = {
     "mlp.optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
@@ -318,6 +318,6 @@ def test_nn_tune_refuses_bad_settings_with_one_line(tmp_path, monkeypatch):
 
 
 def test_the_stages_accept_the_tune_section_they_never_read():
-    from stages.common import known_sections
+    from nn.mnist.params import known_sections
 
     assert known_sections(Path(__file__).parents[1] / "params.yaml")[-1] == "tune"

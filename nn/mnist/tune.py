@@ -21,7 +21,7 @@ from typing import Annotated, Any, Callable
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.common import Float, Int, Params, ParamsError, Str, read_yaml, validate
+from nn.mnist.params import Float, Int, Params, ParamsError, Str, read_yaml, validate
 
 KINDS = ("log_uniform", "uniform", "int_uniform", "choice")
 DONE = ("success", "failed")
@@ -490,40 +490,3 @@ def tune(root: Path, model: str, params: Path, out: Path, *, trials: int | None 
                            "baseline_dev_acc": base.get(train_json, {}).get("dev_acc"),
                            "baseline_test_acc": base.get(test_json, {}).get("accuracy")}
     return result
-
-
-def dataset_of(model: str, dvc_yaml: Path) -> str:
-    """The dataset folder name of `model` from dvc.yaml's `models` map (the pipeline's own)."""
-    found = {}
-    for entry in (read_yaml(dvc_yaml) or {}).get("vars", []):
-        if isinstance(entry, dict):
-            found.update(entry.get("models") or {})
-    if model not in found:
-        raise ParamsError(f"{dvc_yaml}: no model {model!r} in vars.models "
-                          f"(known: {', '.join(found) or 'none'})")
-    return found[model]
-
-
-def lr_find(model: str, params: Path, data: Path, *, steps: int, min_lr: float, max_lr: float
-            ) -> tuple[list[dict], float, str]:
-    """The LR range test on MODEL as params.yaml describes it (architecture, batch size,
-    optimizer, augmentation, train_size, seed), on the training split only.
-    Returns (records, suggested lr, rule)."""
-    from nn import engine
-    from nn.lrfind import lr_range_test, suggest
-    from nn.mnist.modelfile import normalize
-    from stages.common import load_params
-    from stages.train import TrainParams, load_split, make_augment, make_optimizer, subset
-
-    p = load_params(TrainParams, model, params)
-    x, y = subset(*load_split(data, "train"), p.train_size, p.seed)
-    norm = {"mean": float(x.mean(dtype=np.float64) / 255), "std": float(x.std(dtype=np.float64) / 255)}
-    x = normalize(x, norm)
-    rng = np.random.default_rng(p.seed)
-    net = engine.build(list(p.layers), rng, engine=p.engine)
-    fill = np.float32(-norm["mean"] / norm["std"])
-    records = lr_range_test(net, make_optimizer(p.optimizer, p.engine), x, y, rng=rng, min_lr=min_lr,
-                            max_lr=max_lr, steps=steps, batch_size=p.batch_size,
-                            augment=make_augment(p, fill))
-    lr, rule = suggest(records)
-    return records, lr, rule
