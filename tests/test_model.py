@@ -154,3 +154,17 @@ def test_model_gradient_check_float64():
 
     errors = check_gradients(model, x, before_forward=reseed)
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_every_engine_extends_the_one_layer_registry():
+    from nn import layers
+    from nn.fast import layers as fast
+    from nn.gpu import layers as gpu
+
+    for engine_layers in (fast.LAYERS, gpu.LAYERS):
+        assert engine_layers.keys() == layers.LAYERS.keys()
+        assert all(issubclass(engine_layers[n], layers.LAYERS[n]) for n in layers.LAYERS)
+    assert fast.LAYERS["Conv2d"] is fast.Conv2d and fast.LAYERS["Dropout"] is layers.Dropout
+    assert gpu.LAYERS["ReLU"] is gpu.ReLU and gpu.LAYERS["BatchNorm1d"] is layers.BatchNorm1d
+    with pytest.raises(TypeError, match="does not subclass"):
+        layers.engine_layers(type("Conv2d", (layers.Linear,), {}))

@@ -6,7 +6,8 @@ import numpy as np
 
 from nn.fast import threads
 from nn.fast.optim import flat_order
-from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, MaxPool2d
+from nn.layers import ReLU
 from nn.model import Sequential, engine_backward
 
 
