@@ -141,7 +141,7 @@ def profile(device, params, batch: int = 512, steps: int = 5) -> None:
             else:
                 d, dt = clock(lambda: layer.backward(d))
             bwd[i] += dt * keep
-        _, dt = clock(lambda: opt.step(model.params(), model.grads()))
+        _, dt = clock(lambda: opt.step(model.params, model.grads))
         rest["optimizer"] += dt * keep
     print(f"where a GPU-engine step goes at batch {batch} (ms, each call synchronised):")
     for i, layer in enumerate(model.layers):

@@ -44,6 +44,7 @@ class Layer:
         """Shape of one example's output (no batch axis) for one example's input shape."""
         return tuple(input_shape)
 
+    @property
     def spec(self) -> dict:
         """The plain dict that `Sequential.from_spec` turns back into this layer."""
         return {"type": type(self).__name__, **self._spec}

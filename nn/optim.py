@@ -1,6 +1,6 @@
 """Optimisers that update a model's parameters in place, one optimiser per model.
 
-`step(params, grads)` takes the dicts of `model.params()` / `model.grads()`, keyed by
+`step(params, grads)` takes the dicts of `model.params` / `model.grads`, keyed by
 dotted names ("0.W", "3.b"); per-parameter state (`m`, `v`, `t`, momentum buffers)
 is keyed by the same names, so `state_dict()` reads like a checkpoint.
 

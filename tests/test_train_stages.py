@@ -185,7 +185,7 @@ def test_the_stage_saves_what_train_model_returns(tmp_path, data):
     model, info = load(out, engine="reference")
     assert info.normalization == trained.normalization and info.classes == trained.classes
     assert info.input_shape == trained.input_shape == (28, 28, 1)
-    saved, fresh = model.params(), trained.net.params()
+    saved, fresh = model.params, trained.net.params
     assert saved.keys() == fresh.keys()
     assert all(np.array_equal(saved[k], fresh[k]) for k in saved)
     assert train.history_csv(trained.history) == history.read_bytes()

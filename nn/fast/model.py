@@ -47,7 +47,7 @@ class FastSequential(Sequential):
     def _flatten(self):
         """Move the parameters into one flat buffer and give each layer views into a flat
         gradient buffer (`grad_buffers`), both in `flat_order`. Mixed dtypes stay as they are."""
-        params = self.params()
+        params = self.params
         if not params or len({p.dtype for p in params.values()}) > 1:
             return
         owner = {f"{i}.{k}": (layer, k) for i, layer in enumerate(self.layers) for k in layer.params}
