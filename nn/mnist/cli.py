@@ -287,8 +287,8 @@ def tune(
     the queue runs with --workers workers of cores/workers threads each. A failed trial is
     listed with its reason. Ctrl-C removes the trials still queued and kills the running ones.
     """
+    from nn.mnist.dvc_queue import TuneError
     from nn.mnist.params import ParamsError
-    from nn.mnist.tune import TuneError
     from nn.mnist.tune import tune as run
 
     try:

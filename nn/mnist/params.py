@@ -160,7 +160,7 @@ def validate(cls: type[P], data: Any, prefix: str) -> P:
 
 
 STAGE_SECTIONS = ("download", "prepare", "mnist100")  # the data stages' sections
-TOOL_SECTIONS = ("tune",)  # read by `nn tune` only (nn/mnist/tune.py checks it), never by a stage
+TOOL_SECTIONS = ("tune",)  # read by `nn tune` only (nn/mnist/search_space.py checks it), never by a stage
 
 
 def pipeline_models(dvc_yaml: str | Path) -> dict[str, str]:
