@@ -120,6 +120,7 @@ SPLIT = {"images": Array("uint8", ("n", None, None)), "labels": Array("iu", ("n"
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, H, W) uint8, labels (N,) int64) of folder/SPLIT.npz, checked against SPLIT."""
     d = load_npz(folder / f"{split}.npz", SPLIT)
     return d["images"], d["labels"].astype(np.int64)
 
