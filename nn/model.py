@@ -103,7 +103,8 @@ class Sequential:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays: an optimiser updates them in place."""
+        """The live parameter arrays by dotted name ("0.W"), in a dict made on each read: an
+        optimiser updates the arrays in place."""
         return self._named("params")
 
     @property
