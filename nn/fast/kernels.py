@@ -222,7 +222,7 @@ def conv_pool_forward(padded: np.ndarray, w2d: np.ndarray, bias: np.ndarray | No
                       ho: int, wo: int, relu: bool, need_index: bool, scratch: Scratch):
     """Stride-1 Conv2d (+ ReLU) + 2x2 MaxPool, a few images at a time so everything stays in cache.
 
-    padded: (N, Hp, Wp, C) padded input; w2d: (kh*kw*C, F) -> out (N, P, F) with P = ho/2 * wo/2, and
+    padded: (N, Hp, Wp, C) input; w2d: (kh*kw*C, F) -> out (N, P, F) with P = ho/2 * wo/2, and
     masks (3, N, P, F) bool recording the first maximum of each window (see `max4`).
     Bit-identical to the unfused layers: bias is added before the max, ReLU after (they commute
     exactly with max), and ties keep the first maximum as the unfused pool does.
