@@ -162,7 +162,8 @@ def mnist100(data: str, p: dict) -> dict:
 
 
 def make_run(p: dict, x_train, device, steps_per_epoch: int, epochs: int):
-    """The model, optimiser, schedule and augmentation of a params section, as stages/train.py."""
+    """The model, optimiser, schedule and augmentation (shifts only) of a params section, as
+    nn/mnist/training.py sets them up."""
     rng = np.random.default_rng(p["seed"])
     model = engine.build(p["layers"], rng, p.get("engine", "fast"), device=device)
     opt = our_optimizer(p["optimizer"], p.get("engine", "fast"), device)
