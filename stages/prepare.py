@@ -11,9 +11,10 @@ from pydantic import Field
 
 from nn.files import write_together
 from nn.mnist.idx import IdxError
+from nn.mnist.params import Int, Params, ParamsError, load_params
 from nn.mnist.sources import load_split
 from nn.mnist.split import stratified_split
-from stages.common import Int, Params, ParamsError, fatal_errors, load_params
+from stages.common import fatal_errors
 
 
 class PrepareParams(Params):

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from nn.files import load_npz, write_bytes
-from stages.common import fatal_errors, read_yaml
+from nn.mnist.params import read_yaml
+from stages.common import fatal_errors
 
 HARDEST = 5  # classes listed per model
 

@@ -11,8 +11,9 @@ from pydantic import Field
 
 from nn.files import Array, load_npz, write_together
 from nn.mnist.mnist100 import synthesize
+from nn.mnist.params import Int, Params, load_params
 from nn.mnist.pictures import labelled_grid, png_bytes
-from stages.common import Int, Params, fatal_errors, load_params
+from stages.common import fatal_errors
 
 SPLITS = ("train", "dev", "test")
 # An MNIST split as the prepare stage writes it: (n, 28, 28) digits, labels 0..9.

@@ -143,24 +143,24 @@ def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
     x, y = separable(48, seed=11)
     x_dev, y_dev = separable(30, seed=12)
     net, steps = model(), []
-    expected = {k: v.copy() for k, v in net.params().items()}   # the average, step by step
+    expected = {k: v.copy() for k, v in net.params.items()}   # the average, step by step
 
     def on_step(*_):
-        steps.append({k: v.copy() for k, v in net.params().items()})
+        steps.append({k: v.copy() for k, v in net.params.items()})
         t = len(steps) - 1                                       # the warm-up's decay, then 0.9
-        for k, v in net.params().items():
+        for k, v in net.params.items():
             expected[k] += (1 - min(0.9, (1 + t) / (10 + t))) * (v - expected[k])
 
     history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
                   rng=np.random.default_rng(0), ema=0.9, on_step=on_step)
-    for k, v in net.params().items():
+    for k, v in net.params.items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-7)
     assert history[-1]["dev_acc"] == evaluate(net, x_dev, y_dev)[1]
     # the same run without the average trains through the same weights
     plain, plain_steps = model(), []
     fit(plain, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
         rng=np.random.default_rng(0),
-        on_step=lambda *_: plain_steps.append({k: v.copy() for k, v in plain.params().items()}))
+        on_step=lambda *_: plain_steps.append({k: v.copy() for k, v in plain.params.items()}))
     for a, b in zip(steps, plain_steps, strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -187,10 +187,10 @@ def test_progress_hook_schedule_and_plateau():
 def test_gradient_clipping_bounds_each_update():
     x, y = separable(16, seed=8)
     net = model()
-    before = {k: v.copy() for k, v in net.params().items()}
+    before = {k: v.copy() for k, v in net.params.items()}
     fit(net, SGD(1.0), x * 100, y, epochs=1, batch_size=16, rng=np.random.default_rng(0),
         clip_norm=1e-3)
-    moved = np.sqrt(sum(((net.params()[k] - before[k]) ** 2).sum() for k in before))
+    moved = np.sqrt(sum(((net.params[k] - before[k]) ** 2).sum() for k in before))
     assert 0 < moved <= 1e-3 * (1 + 1e-4)
 
 

@@ -232,15 +232,23 @@ def lr_find(
     from nn.files import check_writable, write_together
     from nn.mnist.charts import xy_chart
     from nn.mnist.pictures import png_bytes
-    from nn.mnist.tune import dataset_of
-    from nn.mnist.tune import lr_find as run
-    from stages.common import ParamsError
+    from nn.lrfind import lr_range_test, suggest
+    from nn.mnist.modelfile import normalize
+    from nn.mnist.params import ParamsError, dataset_of, load_params
+    from nn.mnist.training import TrainParams, load_split, start_run, subset
 
     csv, png = out / f"{model}.csv", out / f"{model}.png"
     try:
         check_writable(csv, png)  # before the range test, not after it
         data = data or Path("data") / dataset_of(model, Path("dvc.yaml"))
-        records, lr, rule = run(model, params, data, steps=steps, min_lr=min_lr, max_lr=max_lr)
+        p = load_params(TrainParams, model, params)
+        x, y = subset(*load_split(data, "train"), p.train_size, p.seed)
+        # set up as the train stage sets up (network, optimiser, augmentation), on the CPU
+        run = start_run(p, model, x, source=data / "train.npz")
+        records = lr_range_test(run.net, run.optimizer, normalize(x, run.normalization), y,
+                                rng=run.rng, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                                batch_size=p.batch_size, augment=run.augment)
+        lr, rule = suggest(records)
         table = pd.DataFrame(records)
         chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True,
                          mark_x=lr, x_label="learning rate", y_label="training loss (smoothed)",
@@ -279,9 +287,9 @@ def tune(
     the queue runs with --workers workers of cores/workers threads each. A failed trial is
     listed with its reason. Ctrl-C removes the trials still queued and kills the running ones.
     """
-    from nn.mnist.tune import TuneError
+    from nn.mnist.dvc_queue import TuneError
+    from nn.mnist.params import ParamsError
     from nn.mnist.tune import tune as run
-    from stages.common import ParamsError
 
     try:
         r = run(Path.cwd(), model, params, out, trials=trials, workers=workers, prefix=prefix,
