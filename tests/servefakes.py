@@ -106,9 +106,9 @@ def drawing(text: str, height: int = 280, gap: float = 0.25, width: int | None =
 
 
 @contextlib.contextmanager
-def running_server(paths: dict[str, Path], engine: str = "fast"):
+def running_server(paths: dict[str, Path], engine: str = "fast", quiet: bool = True):
     """`nn serve`'s server on an ephemeral port of 127.0.0.1, in a thread; yields it."""
-    server = Server(("127.0.0.1", 0), load_models(paths, engine=engine), quiet=True)
+    server = Server(("127.0.0.1", 0), load_models(paths, engine=engine), quiet=quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -16,7 +16,9 @@ each is a fixed per-channel scale whose backward is `dout * scale`.
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -348,3 +350,18 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
             out.paste(what, pos)
     d.text((PAD, height - 22), f"reads {verdict}", font=font, fill="black")
     return out
+
+
+def explain_file(image: str | os.PathLike, model: str | os.PathLike) -> tuple[Image.Image, str, float]:
+    """`nn explain`: read `image` as `nn predict` does, run it through the model at `model`.
+    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not."""
+    from nn.mnist.classify import load_classifier
+    from nn.mnist.modelfile import normalize
+    from nn.mnist.preprocess import preprocess
+
+    classifier = load_classifier(model, engine="reference")
+    x = preprocess(image, classifier.width)  # (28, W) uint8
+    trace = explain(classifier.net, normalize(x[None], classifier.info.normalization))
+    label, p = classifier.classes[trace.top], float(trace.proba[trace.top])
+    title = f"nn explain {Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
+    return sheet(trace, x, classifier.classes, title), label, p

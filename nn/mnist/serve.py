@@ -337,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             self.close_connection = True
             raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
-                               f"body not received within {REQUEST_TIMEOUT} s") from None
+                               f"body not received within {self.timeout} s") from None
         if len(body) < int(length):
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
