@@ -135,10 +135,10 @@ def saliency_rgba(saliency: np.ndarray) -> np.ndarray:
     m = float(np.abs(saliency).max()) or 1.0
     a = saliency / m
     rgba = np.zeros((*a.shape, 4), np.uint8)
-    rgba[..., 0] = np.where(a > 0, 220, 30)
-    rgba[..., 1] = 40
-    rgba[..., 2] = np.where(a > 0, 30, 220)
-    rgba[..., 3] = np.round(np.sqrt(np.abs(a)) * 255)  # sqrt: the weak but real parts stay visible
+    rgba[..., 0] = np.where(a > 0, 255, 40)
+    rgba[..., 1] = np.where(a > 0, 60, 120)
+    rgba[..., 2] = np.where(a > 0, 40, 255)
+    rgba[..., 3] = np.round(np.abs(a) * 255)
     return rgba
 
 
