@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nn.fast.threads import single_threaded_blas
 from nn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, \
     OuterSum, ReLU, Tiles, Untile
 from nn.losses import softmax
@@ -83,6 +84,11 @@ def explain(net: Sequential, x: np.ndarray) -> Trace:
     inference mode, keep every layer's output, then backward the top class's score to the input."""
     if x.shape[0] != 1:
         raise ValueError(f"explain takes one image, got a batch of {x.shape[0]}")
+    with single_threaded_blas():  # one image: BLAS threads cost more than they give (2x under load)
+        return _explain(net, x)
+
+
+def _explain(net: Sequential, x: np.ndarray) -> Trace:
     outputs, scales, backward_ok = [], [], True
     h = x
     for i, layer in enumerate(net.layers):
