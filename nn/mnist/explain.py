@@ -255,6 +255,17 @@ def kernel_json(net: Sequential, index: int, channel: int) -> dict:
 
 SHEET_WIDTH = 1000  # px; rows wrap their pictures to this width
 PAD = 10
+# Pillow's default font has no glyphs for these: the sheet spells them in ASCII
+ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2", "γ": "gamma",
+                       "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
+
+
+def _text(lines: list[str], width: int) -> Image.Image:
+    im = Image.new("RGB", (width, 16 * len(lines) + 4), "white")
+    d = ImageDraw.Draw(im)
+    for n, line in enumerate(lines):
+        d.text((0, 2 + 16 * n), line.translate(ASCII), font=_font(13), fill="black")
+    return im
 
 
 def _inked(image: np.ndarray, scale: int) -> Image.Image:
@@ -290,7 +301,7 @@ def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Imag
     name = type(layer).__name__
     if out.ndim == 4:
         lo, hi = float(out.min()), float(out.max())
-        scale = 2 if out.shape[1] <= 14 else 1
+        scale = 3 if out.shape[3] == 1 else 2 if out.shape[1] <= 14 else 1
         atlases = [Image.fromarray(map_atlas(t, lo, hi)).convert("RGB") for t in out]
         return [a.resize((a.width * scale, a.height * scale), Image.NEAREST) for a in atlases]
     if name == "Untile" and name in LAYER_DOCS:
@@ -302,7 +313,14 @@ def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Imag
         grid = (255 - 255 * np.sqrt(proba.reshape(k, k))).astype(np.uint8) if k * k == len(proba) \
             else (255 - 255 * proba[None]).astype(np.uint8)
         im = Image.fromarray(grid).convert("RGB")
-        return [im.resize((im.width * 7, im.height * 7), Image.NEAREST)]
+        lines = ["p(ab) of all pairs: first digit down, second across (dark: likely)"]
+        for t in _pair_top(trace, i, classes):
+            if "digits" in t:
+                (a, pa), (b, pb) = ((d["label"], d["probability"]) for d in t["digits"])
+                lines.append(f"{t['label']}: p({a}) x p({b}) = {pa:.3f} x {pb:.3f} = {t['probability']:.3f}")
+            else:
+                lines.append(f"{t['label']}: {t['probability']:.3f}")
+        return [im.resize((im.width * 12, im.height * 12), Image.NEAREST), _text(lines, 520)]
     if out.ndim == 2 and name != "Flatten":
         return [_bars(row, min(SHEET_WIDTH // len(out) - 2 * PAD, max(200, 2 * out.shape[1])), 50) for row in out]
     return []
@@ -335,7 +353,7 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
     # layout: each band a caption line, then its pictures left to right, wrapping at the width
     placed, y = [], PAD + 24
     for caption, pics in bands:
-        placed.append(("text", caption, (PAD, y)))
+        placed.append(("text", caption.translate(ASCII), (PAD, y)))
         y += 18
         x, row_h = PAD, 0
         for pic in pics:
@@ -348,7 +366,7 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
     height = y + 30
     out = Image.new("RGB", (SHEET_WIDTH, height), "white")
     d = ImageDraw.Draw(out)
-    d.text((PAD, PAD), title or "nn explain", font=font, fill="black")
+    d.text((PAD, PAD), (title or "nn explain").translate(ASCII), font=font, fill="black")
     for kind, what, pos in placed:
         if kind == "text":
             d.text(pos, what, font=small, fill=(60, 60, 60))
