@@ -215,3 +215,32 @@ def test_layers_view_fits_a_phone(browser, server):
         box = img.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 375
     context.close()
+
+
+def test_while_drawing_at_most_one_request_per_250_ms_and_one_in_flight(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 640})
+    page = context.new_page()
+    page.add_init_script("""
+        const fetch0 = window.fetch;
+        window.calls = [];
+        window.fetch = async (...args) => {
+          const call = { url: String(args[0]), start: performance.now() };
+          window.calls.push(call);
+          try { const r = await fetch0(...args); await r.clone().arrayBuffer(); return r; }
+          finally { call.end = performance.now(); }
+        };""")
+    page.goto(server.url)
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 40)
+    page.mouse.down()
+    for i in range(80):  # one slow stroke, about 2 s
+        page.mouse.move(box["x"] + 60 + 2 * i, box["y"] + 40 + 2 * i)
+        page.wait_for_timeout(25)
+    page.mouse.up()
+    settled(page)
+    calls = [c for c in page.evaluate("window.calls") if "/api/explain" in c["url"]]
+    assert len(calls) >= 4  # it refreshed while drawing, not only at the end
+    for before, after in zip(calls, calls[1:]):
+        assert after["start"] - before["start"] >= 249  # at most every 250 ms
+        assert after["start"] >= before["end"]  # never two in flight
+    context.close()
