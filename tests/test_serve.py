@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -335,6 +336,21 @@ def test_a_stalled_body_is_408_and_one_log_line(loud_server, capfd):
     lines = [line for line in err.splitlines() if "/api/predict" in line]
     assert len(lines) == 1 and "POST /api/predict 408" in lines[0]
     assert "Traceback" not in err
+
+
+def test_a_body_sent_a_byte_at_a_time_still_meets_the_deadline(loud_server, capfd):
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+    with socket.create_connection(loud_server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        t0 = time.monotonic()
+        for _ in range(20):  # each byte well within 0.3 s of the last: only a deadline stops it
+            if select.select([s], [], [], 0)[0]:
+                break  # the server has answered
+            s.sendall(b"x")
+            time.sleep(0.1)
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 1.9
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_client_reset_mid_body_is_one_line_no_traceback(loud_server, capfd):

@@ -248,6 +248,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         start = time.perf_counter()
+        self._started = time.monotonic()  # the body's read deadline counts from here
         url = urlsplit(self.path)
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
@@ -332,16 +333,32 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body of {int(length):,} bytes is over the limit of {MAX_BODY:,}")
-        try:
-            body = self.rfile.read(int(length))
-        except TimeoutError:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
-                               f"body not received within {self.timeout} s") from None
+        body = self._read(int(length), deadline=self._started + self.timeout)
         if len(body) < int(length):
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
         return body
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        """Up to n bytes of the body, all by `deadline` (time.monotonic()): a client that sends a
+        byte now and then cannot hold its thread, as a timeout per read would let it."""
+        chunks, left = [], n
+        try:
+            while left:
+                if (wait := deadline - time.monotonic()) <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(wait)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    break  # the client closed: the caller sees a short body
+                chunks.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {self.timeout} s") from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
 
     def log_request(self, code="-", size="-") -> None:
         pass  # _dispatch logs each request with its time instead
