@@ -88,6 +88,8 @@ def test_the_api_shows_each_layers_output_of_a_direct_forward(server, model_path
                 assert np.abs(png_array(url).astype(int) - want).max() <= 1
         elif view["kind"] == "bars":
             np.testing.assert_allclose(view["values"], out, atol=1e-4)
+            if model == "mlp" and view["index"] == len(outs) - 1:
+                assert view["labels"] == servefakes.CLASSES[28]  # the ten scores, labelled
         elif view["kind"] == "digits":
             np.testing.assert_allclose(view["scores"], out.reshape(2, -1), atol=1e-4)
             e = np.exp(out.reshape(2, -1) - out.reshape(2, -1).max(axis=1, keepdims=True))

@@ -207,6 +207,8 @@ def layer_views(trace: Trace, classes: list[str]) -> list[dict]:
             view.update(kind="flat")  # the maps above as one vector: nothing new to draw
         else:
             view.update(kind="bars", values=np.round(out, 4).tolist())
+            if i == len(trace.outputs) - 1 and out.shape[1] == len(classes) <= 20:
+                view["labels"] = classes  # the scores of the classes
         if name in LAYER_DOCS:
             view["formula"], view["doc"] = LAYER_DOCS[name]
         views.append(view)
@@ -322,7 +324,9 @@ def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Imag
                 lines.append(f"{t['label']}: {t['probability']:.3f}")
         return [im.resize((im.width * 12, im.height * 12), Image.NEAREST), _text(lines, 520)]
     if out.ndim == 2 and name != "Flatten":
-        return [_bars(row, min(SHEET_WIDTH // len(out) - 2 * PAD, max(200, 2 * out.shape[1])), 50) for row in out]
+        labels = classes if i == len(trace.outputs) - 1 and out.shape[1] == len(classes) <= 20 else None
+        return [_bars(row, min(SHEET_WIDTH // len(out) - 2 * PAD, max(200, 2 * out.shape[1])), 62 if labels else 50,
+                      labels) for row in out]
     return []
 
 
