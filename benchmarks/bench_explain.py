@@ -58,8 +58,8 @@ def main() -> None:
         sizes.append(len(body))
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * len(times))) - 1)]
-    print(f"POST /api/explain ({args.model}, {len(times)} drawings), server side: median {statistics.median(times):.1f} ms, "
-          f"p95 {p95:.1f} ms, max {times[-1]:.1f} ms; answer median {statistics.median(sizes) / 1e3:.0f} kB")
+    print(f"POST /api/explain ({args.model}, {len(times)} drawings), server side: "
+          f"median {statistics.median(times):.1f} ms, p95 {p95:.1f} ms, max {times[-1]:.1f} ms; answer median {statistics.median(sizes) / 1e3:.0f} kB")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def server(model_paths):
 
 
 def explained(server, text: str, model: str = "cnn") -> dict:
-    status, body, _ = request(server, "POST", f"/api/explain?model={model}", drawing(text), {"Content-Type": "image/png"})
+    status, body, _ = request(server, "POST", f"/api/explain?model={model}", drawing(text),
+                              {"Content-Type": "image/png"})
     assert status == 200, body
     return body
 

@@ -258,8 +258,8 @@ def kernel_json(net: Sequential, index: int, channel: int) -> dict:
 SHEET_WIDTH = 1000  # px; rows wrap their pictures to this width
 PAD = 10
 # Pillow's default font has no glyphs for these: the sheet spells them in ASCII
-ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2", "γ": "gamma",
-                       "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
+ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2",
+                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
 
 
 def _text(lines: list[str], width: int) -> Image.Image:
