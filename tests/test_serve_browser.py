@@ -199,7 +199,8 @@ def test_layers_view_fills_as_you_draw_and_shows_a_kernel(page, server, models, 
     page.locator("#layers").screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
     if os.environ.get("NN_LAYERS_SCREENSHOT"):
-        page.screenshot(path=os.environ["NN_LAYERS_SCREENSHOT"], full_page=True)
+        page.screenshot(path=os.environ["NN_LAYERS_SCREENSHOT"], full_page=True,  # the drawing, the first layers
+                        clip={"x": 0, "y": 0, "width": 1100, "height": 1500})
 
 
 def test_layers_view_fits_a_phone(browser, server):
