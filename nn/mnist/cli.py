@@ -161,6 +161,43 @@ def predict(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="An image file, as for `nn predict`.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Saved model (.npz).")] = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG sheet to write.")] = Path("explain.png"),
+) -> None:
+    """Draw what every layer computes on one image, and which pixels decided it, as one PNG.
+
+    The sheet shows the input, its saliency (the gradient of the top class's score), each
+    layer's maps or bars, and the probabilities. Exit status 1 if the image cannot be read or
+    the sheet written, 2 if the model cannot be loaded.
+    """
+    from nn.files import write_bytes
+    from nn.mnist.explain import explain_file
+    from nn.mnist.modelfile import ModelFileError
+    from nn.mnist.pictures import png_bytes
+    from nn.mnist.preprocess import ImageError
+
+    try:
+        picture, label, p = explain_file(image, model)
+    except ModelFileError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_MODEL) from None
+    except ImageError as e:
+        _fail(f"{image}: {e}")
+        raise typer.Exit(1) from None
+    except OSError as e:  # missing file, a directory, unreadable permissions
+        _fail(f"{image}: {(e.strerror or str(e)).lower()}")
+        raise typer.Exit(1) from None
+    try:
+        write_bytes(out, png_bytes(picture))
+    except OSError as e:
+        _fail(f"{out}: cannot write ({(e.strerror or str(e)).lower()})")
+        raise typer.Exit(1) from None
+    typer.echo(f"{image}: {label} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
+
+
 SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."
 
 
