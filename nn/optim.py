@@ -173,14 +173,15 @@ class WeightAverage:
     """An exponential moving average of a model's parameters (Polyak averaging), to evaluate.
 
     After each optimiser step, `update(params)` moves every average toward its parameter:
-    avg ← avg + (1 - d_t) · (param - avg), with the decay warmed up as TensorFlow's
-    ExponentialMovingAverage does with `num_updates`: d_t = min(decay, (1 + t) / (10 + t))
-    at the t-th update (t = 0, 1, ...). Early on the average spans about the last tenth of
-    the run, so it never lags far behind the weights it follows, however short the run;
-    after about 10 / (1 - decay) updates it is the plain average with a time constant of
-    1 / (1 - decay) steps (1,000 at decay 0.999). The trained weights are never changed by it.
-    `swap(params)` exchanges the averages and the live weights in place (call it again to
-    swap back); BatchNorm's running statistics stay those of training.
+    avg ← avg + (1 - d_t) · (param - avg), with 1 - d_t = (1 - decay) / (1 - decay^(t+1)) at
+    the t-th update (t = 0, 1, ...). That is Adam's bias correction written as a rate: the
+    average is Σ_s (1 - decay) decay^(t-s) param_s over the steps so far, divided by the sum of
+    those weights, so the initial weights count for nothing (the first update sets avg to the
+    first step's weights) and a step s steps ago weighs in proportion to decay^s. Once t is a
+    few 1 / (1 - decay) the correction vanishes and the average forgets with that time constant
+    (1,000 steps at decay 0.999). The trained weights are never changed by it. `swap(params)`
+    exchanges the averages and the live weights in place (call it again to swap back);
+    BatchNorm's running statistics stay those of training.
     """
 
     def __init__(self, params: dict[str, np.ndarray], decay: float):
@@ -191,8 +192,8 @@ class WeightAverage:
         self.avg = {k: p.copy() for k, p in params.items()}
 
     def current_decay(self) -> float:
-        """d_t for the next update: the warm-up's (1 + t) / (10 + t) until it reaches `decay`."""
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        """d_t for the next update: 1 - (1 - decay) / (1 - decay^(t+1)); 0 at the first."""
+        return 1 - (1 - self.decay) / (1 - self.decay ** (self.updates + 1))
 
     def update(self, params: dict[str, np.ndarray]) -> None:
         rate = 1 - self.current_decay()

@@ -93,7 +93,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     Each record: epoch (1-based), loss (mean training loss), train_acc (running accuracy
     over the epoch's batches in training mode, i.e. while the weights change: cheap, not
     a separate pass), dev_loss and dev_acc (inference mode; None without a dev set),
-    lr (that of the epoch's first step), seconds; all Python numbers, wherever the model lives.
+    averaged (whether dev_acc is that of the weight average, below), lr (that of the epoch's first step), seconds; all Python numbers, wherever the model lives.
     `device` is where the model's parameters live (nn.backend; `model.to(device)` first). The
     data arrive as NumPy, and `transfer` says how they reach the device: "batch" cuts and
     augments each batch on the host and copies it there; "once" copies the training set there
@@ -102,8 +102,9 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     With early_stopping_patience=p, training stops after p epochs without a better dev
     accuracy, and the weights of the best epoch are restored at the end. With `ema` (a decay
     in (0, 1)), an exponential moving average of the weights follows the training
-    (nn.optim.WeightAverage): dev is scored with it, and the model ends with it (or with the
-    best epoch's).
+    (nn.optim.WeightAverage): after each epoch dev is scored with it and with the trained
+    weights, the better of the two counts as the epoch's (record["averaged"] says which; ties
+    go to the average), and the model ends with the last (or the best) epoch's.
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
     epoch). A NaN/inf or absurd (> ABSURD_LOSS) loss, or a NaN/inf weight, raises
     DivergedError: a blown-up model is never returned. Nor is a useless one: a kept epoch
@@ -176,12 +177,23 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         if bad:
             raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
                                 f"in epoch {epoch} (lr {optimizer.lr:g})")
-        if average is not None:
+        averaged = average is not None
+        if averaged:
             average.swap(model.params)  # dev scored, and the best epoch kept, averaged
         dev_loss, dev_acc = (evaluate(model, x_dev, y_dev, batch_size, device) if has_dev
                              else (None, None))
+        if averaged and has_dev:
+            # The weights the average follows are scored too, and the better of the two kept:
+            # an average over steps still far from the end (a short run, an early epoch) would
+            # otherwise cost accuracy.
+            average.swap(model.params)
+            trained_loss, trained_acc = evaluate(model, x_dev, y_dev, batch_size, device)
+            if trained_acc > dev_acc:
+                dev_loss, dev_acc, averaged = trained_loss, trained_acc, False
+            else:
+                average.swap(model.params)
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
-                  "dev_loss": dev_loss, "dev_acc": dev_acc, "lr": epoch_lr,
+                  "dev_loss": dev_loss, "dev_acc": dev_acc, "averaged": averaged, "lr": epoch_lr,
                   "seconds": time.perf_counter() - start_time}
         history.append(record)
         if epoch_end is not None:
@@ -195,13 +207,13 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
                 best_acc, best_state, best_epoch = dev_acc, model.state_dict(), epoch
             else:
                 stop = epoch - best_epoch >= early_stopping_patience
-        if average is not None and not (stop or epoch == epochs):
+        if averaged and not (stop or epoch == epochs):
             average.swap(model.params)  # training goes on with its own weights
         if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     if has_dev:
-        check_useful(history[best_epoch - 1] if best_state is not None else history[-1], y_dev,
-                     averaged=average is not None)
+        kept = history[best_epoch - 1] if best_state is not None else history[-1]
+        check_useful(kept, y_dev, averaged=kept["averaged"])
     return history

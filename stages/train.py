@@ -30,7 +30,7 @@ def history_csv(history: list[dict]) -> bytes:
     import pandas as pd
 
     # No wall-clock time here: the file is tracked, so it must be the same on every run.
-    columns = ["epoch", "loss", "train_acc", "dev_acc", "lr"]
+    columns = ["epoch", "loss", "train_acc", "dev_acc", "averaged", "lr"]
     return pd.DataFrame(history)[columns].to_csv(index=False, float_format="%.6g").encode()
 
 

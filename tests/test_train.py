@@ -32,7 +32,7 @@ def test_tiny_separable_problem_reaches_100_percent_and_loss_falls():
     history = fit(net, Adam(lr=0.02), x, y, x, y, epochs=60, batch_size=16,
                   rng=np.random.default_rng(0))
     assert [set(r) for r in history[:1]] == [{"epoch", "loss", "train_acc", "dev_loss",
-                                             "dev_acc", "lr", "seconds"}]
+                                             "dev_acc", "averaged", "lr", "seconds"}]
     assert [r["epoch"] for r in history] == list(range(1, 61))
     losses = [r["loss"] for r in history]
     assert losses[-1] < 0.2 * losses[0]
@@ -98,20 +98,23 @@ def test_early_stopping_restores_the_best_dev_weights(ema):
     assert evaluate(net, x_dev, y_dev, 16)[1] == dev[best - 1]
 
 
-def test_weight_average_is_the_exponential_moving_average_and_swaps_back():
+def test_weight_average_is_the_bias_corrected_exponential_moving_average_and_swaps_back():
     params = {"w": np.array([0.0, 10.0])}
     average = WeightAverage(params, decay=0.5)
-    # the warm-up's decays (1 + t) / (10 + t) for t = 0, 1, 2, ... until they reach 0.5
-    assert average.current_decay() == 0.1
-    for value in (2.0, 4.0):
+    seen = []
+    for value in (2.0, 4.0, 8.0):
+        assert average.current_decay() == 1 - 0.5 / (1 - 0.5 ** (len(seen) + 1))
         params["w"][...] = value
         average.update(params)
-    assert average.updates == 2 and average.current_decay() == 0.25
-    # avg: [0, 10] -> (d 0.1) [1.8, 2.8] -> (d 2/11) [1.8 + 9/11 * 2.2, 2.8 + 9/11 * 1.2]
-    np.testing.assert_allclose(average.avg["w"], [1.8 + 9 / 11 * 2.2, 2.8 + 9 / 11 * 1.2])
-    for _ in range(20):
+        seen.append(value)
+    # the initial weights count for nothing: the first update is the first step's weights, and
+    # the average is Σ 0.5^s θ_(t-s) over the steps seen, divided by the sum of the weights
+    expected = (8.0 + 0.5 * 4.0 + 0.25 * 2.0) / (1 + 0.5 + 0.25)
+    np.testing.assert_allclose(average.avg["w"], [expected, expected])
+    assert average.updates == 3
+    for _ in range(60):
         average.update(params)
-    assert average.current_decay() == 0.5                      # warmed up: the plain decay
+    assert abs(average.current_decay() - 0.5) < 1e-12             # corrected away: the decay
     params["w"][...], average.avg["w"][...] = [4.0, 4.0], [2.5, 5.0]
     live = params["w"]
     average.swap(params)
@@ -123,20 +126,25 @@ def test_weight_average_is_the_exponential_moving_average_and_swaps_back():
         WeightAverage(params, decay=1)
 
 
-def test_a_short_run_with_a_slow_average_scores_as_well_as_its_trained_weights():
-    """decay 0.999 forgets over 1,000 steps; this run takes 18. Without the warm-up the average
-    would still be the initial weights (chance); with it, it follows the trained ones."""
+def test_a_short_run_with_a_slow_average_keeps_the_better_of_average_and_weights():
+    """decay 0.999 forgets over 1,000 steps; this run takes 18. Uncorrected, the average would
+    still be the initial weights (chance); corrected, it is the whole short trajectory's, whose
+    early steps are poor. Each epoch keeps the better of it and the trained weights, on dev."""
     x, y = separable(96, seed=1)
     x_dev, y_dev = separable(60, seed=2)
-    scores = {}
+    runs = {}
     for ema in (None, 0.999):
         net = model()
         history = fit(net, Adam(lr=0.02), x, y, x_dev, y_dev, epochs=3, batch_size=16,
                       rng=np.random.default_rng(0), ema=ema)
-        scores[ema] = history[-1]["dev_acc"]
-    initial = evaluate(model(), x_dev, y_dev)[1]
-    assert scores[None] > initial + 0.3                       # the run learns
-    assert scores[0.999] >= scores[None] - 0.05               # and its average with it
+        runs[ema] = (history, net)
+    plain, averaged = runs[None][0], runs[0.999][0]
+    assert plain[-1]["dev_acc"] > evaluate(model(), x_dev, y_dev)[1] + 0.3   # the run learns
+    for a, b in zip(plain, averaged, strict=True):
+        assert b["dev_acc"] >= a["dev_acc"]         # never worse than the weights it follows
+    assert not averaged[-1]["averaged"]             # here the trained weights won, and the
+    for k, v in runs[0.999][1].params.items():      # model ends with them
+        np.testing.assert_array_equal(v, runs[None][1].params[k])
 
 
 def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
@@ -147,12 +155,13 @@ def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
 
     def on_step(*_):
         steps.append({k: v.copy() for k, v in net.params.items()})
-        t = len(steps) - 1                                       # the warm-up's decay, then 0.9
+        t = len(steps) - 1                                       # the bias-corrected rate
         for k, v in net.params.items():
-            expected[k] += (1 - min(0.9, (1 + t) / (10 + t))) * (v - expected[k])
+            expected[k] += (1 - 0.9) / (1 - 0.9 ** (t + 1)) * (v - expected[k])
 
     history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
                   rng=np.random.default_rng(0), ema=0.9, on_step=on_step)
+    assert history[-1]["averaged"]                              # the average scored better
     for k, v in net.params.items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-7)
     assert history[-1]["dev_acc"] == evaluate(net, x_dev, y_dev)[1]

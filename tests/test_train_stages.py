@@ -170,7 +170,7 @@ def test_training_is_deterministic_and_writes_history(tmp_path, data):
     assert "\r" not in a[0].output
     assert len([ln for ln in a[0].output.splitlines() if ": epoch " in ln]) == 2, a[0].output
     history = pd.read_csv(a[2])
-    assert list(history.columns) == ["epoch", "loss", "train_acc", "dev_acc", "lr"]
+    assert list(history.columns) == ["epoch", "loss", "train_acc", "dev_acc", "averaged", "lr"]
     assert list(history["epoch"]) == [1, 2]
     model, info = load(a[1])
     assert info.classes == [str(i) for i in range(10)] and info.input_shape == (28, 28, 1)

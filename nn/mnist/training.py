@@ -223,8 +223,8 @@ def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev:
     print(run.summary)
     if p.ema is not None and p.epochs * steps_per_epoch < 3 / (1 - p.ema):
         print(f"{label}: note: {name}.ema {p.ema:g} forgets over {1 / (1 - p.ema):,.0f} steps "
-              f"and this run takes {p.epochs * steps_per_epoch:,}: the average stays in its "
-              f"warm-up, over about the last tenth of the run")
+              f"and this run takes {p.epochs * steps_per_epoch:,}: it averages nearly the whole "
+              f"run, and each epoch keeps the trained weights where they score better on dev")
 
     # A bar only when stderr is a terminal (disable=None); logs and CI get the epoch lines.
     bar = tqdm(total=steps_per_epoch, desc=f"{label} epoch 1", unit="step", leave=False,
@@ -238,7 +238,8 @@ def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev:
         bar.reset()
         bar.set_description(f"{label} epoch {r['epoch'] + 1}", refresh=False)
         tqdm.write(f"{label}: epoch {r['epoch']:3d}/{p.epochs}  loss {r['loss']:.4f}  "
-                   f"train {r['train_acc']:.4f}  dev {r['dev_acc']:.4f}  lr {r['lr']:.2e}  "
+                   f"train {r['train_acc']:.4f}  dev {r['dev_acc']:.4f}"
+                   f"{' (average)' if r['averaged'] else ''}  lr {r['lr']:.2e}  "
                    f"{r['seconds']:.1f} s")  # the time goes to the log, not to history.csv
         sys.stdout.flush()
 
