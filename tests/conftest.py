@@ -1,4 +1,45 @@
+"""Shared test helpers. tests/ is on sys.path, so test files import these and the fakes
+modules (datafakes, servefakes) by name."""
+
+import os
+import struct
+import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).parent))  # lets tests import their helpers (datafakes)
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A grayscale PNG that declares width x height and holds no pixel data: everything up to
+    its header reads, so a size limit checked from the header is what a test meets."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def nn_predict(*args, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The real `nn` command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "nn.mnist.cli", "predict", *map(str, args)],
+                          cwd=cwd, env=ENV, input=stdin, capture_output=True, timeout=60)
+
+
+def check_one_line(proc: subprocess.CompletedProcess, code: int) -> str:
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+def digit_png(path: Path, size=(60, 60), box=(20, 10, 40, 50)) -> Path:
+    im = Image.new("L", size, 255)
+    im.paste(0, box)
+    im.save(path)
+    return path

@@ -2,7 +2,8 @@
 the previous outputs are left byte for byte as they were.
 
 Each class of fault runs through the real stage entry points (typer apps, in-process with
-CliRunner or as `python -m stages.<name>` subprocesses) and the real `nn` command.
+CliRunner or as `python -m stages.<name>` subprocesses) and the real `nn` command; the faults
+of `nn predict`'s images are in test_predict.py.
 """
 
 from __future__ import annotations
@@ -14,20 +15,18 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import ENV, REPO, check_one_line, digit_png, nn_predict
 from datafakes import fake_mnist, http_server, idx_files, md5s_of, write_mirror
 from nn import checkpoint
 from nn.files import _TEMP, Outputs, save_npz
@@ -35,8 +34,6 @@ from nn.mnist import modelfile
 from nn.model import Sequential
 from stages import download, evaluate, synthesize, train
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 16},
        {"type": "ReLU"}, {"type": "Dropout", "p": 0.1},
@@ -321,26 +318,6 @@ def test_bad_model_file_in_evaluate(trained, kind):
     assert line.startswith("evaluate models/bad.npz: error: models/bad.npz: "), line
     assert MODEL_FAULTS[kind] in line, line
     assert snapshot(trained) == before and model.exists()
-
-
-def nn_predict(*args, cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """The real `nn` command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "nn.mnist.cli", "predict", *map(str, args)],
-                          cwd=cwd, env=ENV, input=stdin, capture_output=True, timeout=60)
-
-
-def check_one_line(proc: subprocess.CompletedProcess, code: int) -> str:
-    err = proc.stderr.decode()
-    assert proc.returncode == code, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err.strip()
-
-
-def digit_png(path: Path, size=(60, 60), box=(20, 10, 40, 50)) -> Path:
-    im = Image.new("L", size, 255)
-    im.paste(0, box)
-    im.save(path)
-    return path
 
 
 @pytest.mark.parametrize("kind", ["nan-weight", "short-classes", "directory", "terabytes"])
@@ -678,139 +655,3 @@ def test_every_source_failing_lists_each_with_its_reason(tmp_path):
     assert f"{drip}train-images-idx3-ubyte.gz: not done within the 0.5 s deadline" in line
     assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz: " in line
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["keep"]
-
-
-# --- predict: never overwrite, stdin, degenerate images, the size limit --------------------------
-
-@pytest.fixture(scope="module")
-def mlp_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "mlp.npz"
-    modelfile.save(path, tiny_net(), normalization={"mean": 0.1, "std": 0.3},
-                   input_shape=(28, 28, 1), classes=[str(i) for i in range(10)])
-    return path
-
-
-def test_show_input_never_overwrites_without_force(tmp_path, mlp_file):
-    image = digit_png(tmp_path / "seven.png")
-    original = image.read_bytes()
-    # the user's own image as the --show-input target: refused, nothing predicted or written
-    proc = nn_predict(image, "--model", mlp_file, "--show-input", image, cwd=tmp_path)
-    line = check_one_line(proc, 1)  # 2 is for a model that cannot be used (nn predict --help)
-    assert line == f"error: {image}: exists; --show-input does not overwrite files without --force"
-    assert image.read_bytes() == original and proc.stdout == b""
-    # several images: PATH-1, PATH-2; one of them taken is enough to refuse
-    other = digit_png(tmp_path / "other.png", box=(10, 10, 30, 50))
-    (tmp_path / "seen-2.png").write_bytes(b"keep me")
-    proc = nn_predict(image, other, "--model", mlp_file, "--show-input", tmp_path / "seen.png",
-                      cwd=tmp_path)
-    assert check_one_line(proc, 1).startswith(f"error: {tmp_path / 'seen-2.png'}: exists")
-    assert (tmp_path / "seen-2.png").read_bytes() == b"keep me"
-    assert not (tmp_path / "seen-1.png").exists()
-    # a new folder is fine; --force overwrites
-    proc = nn_predict(image, "--model", mlp_file, "--show-input", tmp_path / "new" / "in.png",
-                      cwd=tmp_path)
-    assert proc.returncode == 0 and (tmp_path / "new" / "in.png").is_file()
-    proc = nn_predict(image, other, "--model", mlp_file, "--show-input", tmp_path / "seen.png",
-                      "--force", cwd=tmp_path)
-    assert proc.returncode == 0 and (tmp_path / "seen-2.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_dash_reads_the_image_from_stdin(tmp_path, mlp_file):
-    image = digit_png(tmp_path / "a.png")
-    from_file = nn_predict(image, "--model", mlp_file, "--json", cwd=tmp_path)
-    from_stdin = nn_predict("-", "--model", mlp_file, "--json", cwd=tmp_path,
-                            stdin=image.read_bytes())
-    assert from_stdin.returncode == 0, from_stdin.stderr
-    a, b = json.loads(from_file.stdout)[0], json.loads(from_stdin.stdout)[0]
-    assert b["file"] == "-" and {**a, "file": "-"} == b
-    bad = nn_predict("-", "--model", mlp_file, cwd=tmp_path, stdin=b"not an image")
-    assert check_one_line(bad, 1) == "error: -: not an image (unknown or unsupported format)"
-
-
-def test_degenerate_images_get_a_warning(tmp_path, mlp_file):
-    wide = digit_png(tmp_path / "wide.png", size=(10000, 10), box=(100, 2, 9900, 8))
-    speck = digit_png(tmp_path / "speck.png", size=(200, 200), box=(100, 100, 102, 102))
-    proc = nn_predict(wide, speck, "--model", mlp_file, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.decode().splitlines()
-    assert "warning: extreme aspect ratio (10000x10)" in lines[0]
-    assert "warning: only 4 inked pixel(s): a speck, not a digit" in lines[1]
-    out = json.loads(nn_predict(speck, "--model", mlp_file, "--json", cwd=tmp_path).stdout)
-    assert out[0]["warning"] == "only 4 inked pixel(s): a speck, not a digit"
-
-
-def test_an_animated_image_is_read_from_its_first_frame_with_a_warning(tmp_path, mlp_file):
-    first = Image.open(digit_png(tmp_path / "seven.png"))
-    gif = tmp_path / "moving.gif"
-    first.save(gif, save_all=True, append_images=[first.rotate(30), first.rotate(60)])
-    proc = nn_predict(gif, "--model", mlp_file, "--json", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[0]["warning"] == "3 frames: only the first one is read"
-
-
-def crafted_images(folder: Path, count: int) -> list[Path]:
-    """`count` images of several formats with random bytes overwritten or cut off: files a
-    decoder may fail on with any exception it likes."""
-    rng = np.random.default_rng(5)
-    pixels = rng.integers(0, 255, (40, 60), dtype=np.uint8)
-    formats = ["PNG", "GIF", "TIFF", "JPEG", "BMP", "WEBP", "ICO", "TGA"]
-    paths = []
-    for i in range(count):
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format=formats[i % len(formats)])
-        data = bytearray(buf.getvalue())
-        for j in rng.integers(0, len(data), rng.integers(1, 7)):
-            data[j] = rng.integers(0, 256)
-        if rng.random() < 0.3:
-            data = data[:rng.integers(1, len(data))]
-        paths.append(folder / f"crafted-{i}.{formats[i % len(formats)].lower()}")
-        paths[-1].write_bytes(bytes(data))
-    return paths
-
-
-def test_every_unreadable_image_is_a_per_image_error(tmp_path):
-    """Whatever a decoder raises on a crafted file, preprocess says ImageError (the class
-    nn predict and nn serve answer per image); a missing file stays an OSError."""
-    from nn.mnist.preprocess import ImageError, preprocess
-
-    for path in crafted_images(tmp_path, 400):
-        try:
-            preprocess(path, 28)
-        except ImageError:
-            pass
-
-
-def test_nn_predict_answers_unreadable_images_one_by_one(tmp_path, mlp_file):
-    good = digit_png(tmp_path / "seven.png")
-    crafted = crafted_images(tmp_path, 40)
-    proc = nn_predict(*crafted, good, tmp_path / "missing.png", "--model", mlp_file,
-                      cwd=tmp_path)
-    err = proc.stderr.decode()
-    assert proc.returncode == 1 and "Traceback" not in err, err
-    errors = err.splitlines()
-    assert errors[-1] == f"error: {tmp_path / 'missing.png'}: no such file or directory"
-    assert all(e.startswith(f"error: {tmp_path / 'crafted-'}") for e in errors[:-1]), errors
-    assert f"{good}: " in proc.stdout.decode()
-
-
-def png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG that declares width x height (grayscale) and holds a few bytes of data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + \
-            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) +
-                     chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
-
-
-def test_the_50_megapixel_limit_is_the_one_quoted(tmp_path, mlp_file):
-    images = [png_header(tmp_path / f"{w}x{h}.png", w, h)
-              for w, h in ((8000, 7000), (10_000, 10_000), (20_000, 20_000))]
-    proc = nn_predict(*images, "--model", mlp_file, cwd=tmp_path)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
-    assert proc.stderr.decode().splitlines() == [
-        f"error: {images[0]}: image too large: 8000x7000 is 56.0 megapixels (limit 50)",
-        f"error: {images[1]}: image too large: 100.0 megapixels (limit 50)",
-        f"error: {images[2]}: image too large: 400.0 megapixels (limit 50)",
-    ]

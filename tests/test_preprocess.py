@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from conftest import png_header
 from nn.mnist.preprocess import (
     BlankImageError,
     ImageTooLargeError,
@@ -229,23 +228,13 @@ def test_faint_noise_is_blank():
         preprocess(Image.fromarray(paper))
 
 
-def png_header(width: int, height: int) -> io.BytesIO:
-    """A PNG claiming width x height with an empty IDAT: only its header can be read."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return io.BytesIO(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("width,height", [(8000, 7000), (10000, 10000), (30000, 30000)])
 def test_too_large_is_refused_from_the_header(width, height):
     # 56 MP is over our limit; 100 MP also trips Pillow's bomb warning, 900 MP its bomb error
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no warning leaks out
         with pytest.raises(ImageTooLargeError, match="too large"):
-            preprocess(png_header(width, height))
+            preprocess(io.BytesIO(png_header(width, height)))
 
 
 def test_missing_file_and_bad_width(tmp_path):

@@ -24,6 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import servefakes
+from conftest import png_header
 from nn.mnist import serve as web
 from nn.mnist.cli import app
 from nn.mnist.preprocess import preprocess, preprocess_explained
@@ -173,18 +174,6 @@ def test_explained_boxes_are_in_image_pixels():
 
 
 # --- bad requests: status, one-line JSON error, and the server keeps serving ----------
-
-
-def png_header(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
-
 
 BLANK = servefakes.png(Image.new("RGB", (280, 280), "white"))
 BAD_POSTS = {  # name: (body, content type, query, status, start of the error)
