@@ -78,7 +78,7 @@ def origin(s3, tmp_path_factory):
     assert "endpointurl" not in (repo / ".dvc" / "config").read_text()
     run(repo, "git", "remote", "add", "origin", str(bare))
     run(repo, "git", "push", "-q", "origin", "main")
-    nn(repo, "push", "--run-cache")
+    make(repo, "push")  # nn push --run-cache
     dvc(repo, "remote", "add", "--local", "spare", f"s3://{BUCKET}/spare")
     with_keys(repo, s3, "spare")
     dvc(repo, "push", "-r", "spare")
