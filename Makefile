@@ -12,6 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	@# dvc.yaml's commands say `python`: a .pth file puts the venv's bin/ first on PATH for every
+	@# process the venv's Python starts, so `.venv/bin/dvc repro` runs them with the venv's Python
+	@# even when the venv is not activated.
+	printf '%s\n' 'import os, sys; d = os.path.dirname(sys.executable); p = os.environ.get("PATH", ""); os.environ["PATH"] = p if p.startswith(d + os.pathsep) else d + os.pathsep + p' \
+	  > "$$($(VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/mnist_nn_path.pth"
 	touch $@
 
 # With a default DVC remote (docs/team.md): first the outputs dvc.lock names and the run-cache's

@@ -106,7 +106,7 @@ def numpy_step(model, opt, x, y):
     logits = model.forward(x, training=True)
     _, dlogits = softmax_cross_entropy(logits, y)
     model.backward(dlogits, input_grad=False)
-    opt.step(model.params(), model.grads())
+    opt.step(model.params, model.grads)
 
 
 def torch_step(model, opt, x, y):

@@ -141,7 +141,7 @@ def profile(device, params, batch: int = 512, steps: int = 5) -> None:
             else:
                 d, dt = clock(lambda: layer.backward(d))
             bwd[i] += dt * keep
-        _, dt = clock(lambda: opt.step(model.params(), model.grads()))
+        _, dt = clock(lambda: opt.step(model.params, model.grads))
         rest["optimizer"] += dt * keep
     print(f"where a GPU-engine step goes at batch {batch} (ms, each call synchronised):")
     for i, layer in enumerate(model.layers):
@@ -162,7 +162,8 @@ def mnist100(data: str, p: dict) -> dict:
 
 
 def make_run(p: dict, x_train, device, steps_per_epoch: int, epochs: int):
-    """The model, optimiser, schedule and augmentation of a params section, as stages/train.py."""
+    """The model, optimiser, schedule and augmentation (shifts only) of a params section, as
+    nn/mnist/training.py sets them up."""
     rng = np.random.default_rng(p["seed"])
     model = engine.build(p["layers"], rng, p.get("engine", "fast"), device=device)
     opt = our_optimizer(p["optimizer"], p.get("engine", "fast"), device)

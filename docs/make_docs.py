@@ -31,6 +31,7 @@ from stages.common import read_yaml  # noqa: E402
 DOCS = ROOT / "docs"
 FIGURES = DOCS / "figures"
 DIGIT = FIGURES / "digit.png"
+PAGES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]  # the front door's table is generated too
 BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 
 
@@ -100,6 +101,27 @@ def _results() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _readme_results() -> str:
+    """The README's table: each model's committed test metrics (metrics.json), its kept epoch
+    (train.json) and its data (dvc.yaml's models map)."""
+    import json
+
+    datasets = {}
+    for entry in read_yaml(ROOT / "dvc.yaml").get("vars") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("models"), dict):
+            datasets.update(entry["models"])
+    what = {"mnist": "one digit, 28×28", "mnist100": "a pair 00–99, 28×56"}
+    rows = ["| model | data | test accuracy | macro-F1 | test images | parameters | epochs (best dev) |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for model, data in datasets.items():
+        m = json.loads((ROOT / "reports" / model / "metrics.json").read_text())
+        t = json.loads((ROOT / "reports" / model / "train.json").read_text())
+        rows.append(f"| {model} | {data} ({what.get(data, data)}) | **{m['accuracy']:.2%}** | "
+                    f"{m['macro_f1']:.4f} | {m['samples']:,} | {m['params']:,} | "
+                    f"{t['epochs_run']} ({t['best_epoch']}) |")
+    return "\n".join(rows) + "\n"
+
+
 TEXTS = {
     "summary-cnn": lambda: _summary("cnn", (28, 56, 1)),
     "summary-mlp": lambda: _summary("mlp", (28, 28, 1)),
@@ -107,6 +129,7 @@ TEXTS = {
     "stages": _stages,
     "onecycle": _onecycle,
     "results": _results,
+    "readme-results": _readme_results,
 }
 
 
@@ -192,7 +215,7 @@ def render(page: str) -> str:
 def stale() -> list[str]:
     """Names of the pages and figures whose committed content differs from what the code makes."""
     out = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in PAGES:
         text = page.read_text()
         if render(text) != text:
             out.append(str(page.relative_to(ROOT)))
@@ -212,7 +235,7 @@ def main() -> int:
         for name in bad:
             print(f"stale: {name} (run python docs/make_docs.py)")
         return 1 if bad else 0
-    for page in sorted(DOCS.glob("*.md")):
+    for page in PAGES:
         text = page.read_text()
         new = render(text)
         if new != text:

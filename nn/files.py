@@ -94,8 +94,11 @@ class Outputs:
             np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
     def _commit(self) -> None:
-        # Every file is complete and on disk; the renames run with Ctrl-C and SIGTERM held back,
-        # so an interruption lands before the first or after the last.
+        # Every file is complete and on disk; every target is checked before the first rename
+        # (a folder in a file's place would fail its rename after the others had landed); the
+        # renames run with Ctrl-C and SIGTERM held back, so an interruption lands before the
+        # first or after the last.
+        check_writable(*(path for _, path in self._pending))
         with _signals_held():
             for tmp, path in self._pending:
                 os.replace(tmp, path)
@@ -122,13 +125,26 @@ def write_together() -> Iterator[Outputs]:
     outputs = Outputs()
     try:
         yield outputs
+        folders = {path.parent for _, path in outputs._pending}
+        outputs._commit()
     except BaseException:
         outputs._discard()
         raise
-    folders = {path.parent for _, path in outputs._pending}
-    outputs._commit()
     for folder in folders:
         _fsync_dir(folder)  # makes the renames durable
+
+
+def check_writable(*paths: str | os.PathLike) -> None:
+    """Raise OSError, naming the path, unless each of `paths` can be replaced by a new file:
+    not a folder, and in a folder this process may write to (or may create)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a folder, not a file that can be replaced")
+        folder = next((p for p in path.parents if p.exists()), Path("."))
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path}: the folder {folder} is not writable")
 
 
 @contextlib.contextmanager

@@ -39,9 +39,6 @@ def check_gradients(obj, x: np.ndarray, *, training: bool = True, seed: int = 0,
     for the input and every parameter. `before_forward` runs before each forward (e.g. to reseed a
     Dropout so every evaluation draws the same mask).
     """
-    def params():
-        return obj.params() if callable(obj.params) else obj.params
-
     def forward():
         if before_forward is not None:
             before_forward()
@@ -50,13 +47,12 @@ def check_gradients(obj, x: np.ndarray, *, training: bool = True, seed: int = 0,
     out = forward()
     r = np.random.default_rng(seed).standard_normal(out.shape)
     dx = obj.backward(r)
-    grads = obj.grads() if callable(obj.grads) else obj.grads
-    grads = {k: v.copy() for k, v in grads.items()}
+    grads = {k: v.copy() for k, v in obj.grads.items()}
 
     def loss():
         return float(np.sum(forward() * r))
 
     errors = {"x": rel_error(dx, numerical_gradient(loss, x, eps))}
-    for name, p in params().items():
+    for name, p in obj.params.items():
         errors[name] = rel_error(grads[name], numerical_gradient(loss, p, eps))
     return errors

@@ -44,6 +44,7 @@ class Layer:
         """Shape of one example's output (no batch axis) for one example's input shape."""
         return tuple(input_shape)
 
+    @property
     def spec(self) -> dict:
         """The plain dict that `Sequential.from_spec` turns back into this layer."""
         return {"type": type(self).__name__, **self._spec}
@@ -544,5 +545,16 @@ class Untile(Layer):
         return (self.parts * input_shape[0],)
 
 
+# The layer types a spec names (nn.model.Sequential.from_spec); an engine replaces some of them.
 LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
                                         BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}
+
+
+def engine_layers(*classes: type[Layer]) -> dict[str, type[Layer]]:
+    """LAYERS with an engine's classes in place of the reference ones they subclass (same
+    name, constructor, parameters and spec); the layers an engine does not replace stay."""
+    for cls in classes:
+        if not issubclass(cls, LAYERS.get(cls.__name__, type(None))):
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} does not subclass a reference "
+                            f"layer of its name")
+    return {**LAYERS, **{cls.__name__: cls for cls in classes}}

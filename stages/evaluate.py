@@ -28,8 +28,7 @@ def evaluate(model, info, images: np.ndarray, labels: np.ndarray) -> dict:
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
     loss, _ = softmax_cross_entropy(logits.astype(np.float64), labels)
-    k = len(info.classes)
-    cm = confusion_matrix(labels, predicted, k)
+    cm = confusion_matrix(labels, predicted, proba.shape[1])  # classes named or not
     return {
         "proba": proba, "predicted": predicted, "cm": cm,
         "metrics": {
@@ -55,7 +54,10 @@ def main(
 ) -> None:
     import pandas as pd
 
-    with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError):
+    reports = ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png", "errors.png")
+    with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError,
+                      outputs=tuple(out / name for name in reports),
+                      dvc_stage=f"evaluate@{Path(model).stem}"):
         net, info = load(model, engine=engine)
         k = len(info.classes) if info.classes else net.predict_proba(
             np.zeros((1, *info.input_shape), np.float32)).shape[1]

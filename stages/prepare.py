@@ -11,9 +11,10 @@ from pydantic import Field
 
 from nn.files import write_together
 from nn.mnist.idx import IdxError
+from nn.mnist.params import Int, Params, ParamsError, load_params
 from nn.mnist.sources import load_split
 from nn.mnist.split import stratified_split
-from stages.common import Int, Params, fatal_errors, load_params
+from stages.common import fatal_errors
 
 
 class PrepareParams(Params):
@@ -30,9 +31,13 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for train.npz, dev.npz, test.npz.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("prepare", IdxError, OSError, ValueError):
+    with fatal_errors("prepare", IdxError, OSError, ValueError,
+                      outputs=tuple(out / f"{s}.npz" for s in ("train", "dev", "test"))):
         p = load_params(PrepareParams, "prepare", params)
         images, labels = load_split(raw, "train")
+        if p.dev_size >= len(labels):
+            raise ParamsError(f"prepare.dev_size: {p.dev_size:,} must be less than the "
+                              f"{len(labels):,} training images in {raw}")
         train, dev = stratified_split(labels, p.dev_size, np.random.default_rng(p.seed))
         test_images, test_labels = load_split(raw, "test")
         splits = {

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from nn.files import load_npz, write_bytes
-from stages.common import fatal_errors, read_yaml
+from nn.mnist.params import read_yaml
+from stages.common import fatal_errors
 
 HARDEST = 5  # classes listed per model
 
@@ -131,7 +132,7 @@ def main(
     `--mlp mnist --cnn mnist100` (dvc.yaml passes its `models` map)."""
     import pandas as pd
 
-    with fatal_errors("report", OSError, ValueError, KeyError):
+    with fatal_errors("report", OSError, ValueError, KeyError, outputs=(out,)):
         p = read_yaml(params)
         models, datasets = {}, {}
         for name, dataset in parse_models(ctx.args).items():

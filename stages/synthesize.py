@@ -11,8 +11,9 @@ from pydantic import Field
 
 from nn.files import Array, load_npz, write_together
 from nn.mnist.mnist100 import synthesize
+from nn.mnist.params import Int, Params, load_params
 from nn.mnist.pictures import labelled_grid, png_bytes
-from stages.common import Int, Params, fatal_errors, load_params
+from stages.common import fatal_errors
 
 SPLITS = ("train", "dev", "test")
 # An MNIST split as the prepare stage writes it: (n, 28, 28) digits, labels 0..9.
@@ -37,7 +38,8 @@ def main(
     samples: Annotated[Path, typer.Option(help="PNG grid of example pairs.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("synthesize", OSError, ValueError):
+    with fatal_errors("synthesize", OSError, ValueError,
+                      outputs=(*(out / f"{s}.npz" for s in SPLITS), samples)):
         p = load_params(Mnist100Params, "mnist100", params)
         sizes = {"train": p.train_size, "dev": p.dev_size, "test": p.test_size}
         # Every split is made before any is written, and all files are committed together, so

@@ -29,6 +29,17 @@ CNN_SPEC = [{"type": "Conv2d", "in_channels": 1, "out_channels": 8, "kernel_size
             {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
             {"type": "Linear", "in_features": 16 * 7 * 14, "out_features": 100}]
 
+# The pipeline's two-digit CNN in miniature, with every layer the layers view draws (nn explain).
+TILED_SPEC = [{"type": "Tiles", "parts": 2},
+              {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
+              {"type": "BatchNorm2d", "num_features": 4}, {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2},
+              {"type": "Conv2d", "in_channels": 4, "out_channels": 6, "kernel_size": 3, "padding": "same"},
+              {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
+              {"type": "Linear", "in_features": 6 * 7 * 7, "out_features": 16},
+              {"type": "BatchNorm1d", "num_features": 16}, {"type": "ReLU"}, {"type": "Dropout", "p": 0.3},
+              {"type": "Linear", "in_features": 16, "out_features": 10},
+              {"type": "Untile", "parts": 2}, {"type": "OuterSum"}]
+
 
 def save(path: Path, model: Sequential, width: int) -> Path:
     modelfile.save(path, model, normalization=NORM, input_shape=(28, width, 1), classes=CLASSES[width])
@@ -106,9 +117,9 @@ def drawing(text: str, height: int = 280, gap: float = 0.25, width: int | None =
 
 
 @contextlib.contextmanager
-def running_server(paths: dict[str, Path], engine: str = "fast"):
+def running_server(paths: dict[str, Path], engine: str = "fast", quiet: bool = True):
     """`nn serve`'s server on an ephemeral port of 127.0.0.1, in a thread; yields it."""
-    server = Server(("127.0.0.1", 0), load_models(paths, engine=engine), quiet=True)
+    server = Server(("127.0.0.1", 0), load_models(paths, engine=engine), quiet=quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

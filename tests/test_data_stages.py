@@ -151,7 +151,7 @@ def test_prepare_with_a_dev_size_too_large_fails_cleanly(raw, tmp_path):
     p = write_params(tmp_path, prepare={"dev_size": 500})
     result = run(prepare.app, "--raw", raw, "--out", tmp_path / "out", "--params", p)
     assert result.exit_code == 1
-    assert "prepare: error: dev_size 500 must be between 1 and 199" in result.output
+    assert "prepare: error: prepare.dev_size: 500 must be less than the 200 training images in " in result.output
     assert not (tmp_path / "out").exists()
 
 

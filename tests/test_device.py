@@ -96,7 +96,7 @@ def test_gpu_with_a_device_gives_cupy(monkeypatch):
 def test_the_fast_engine_is_the_engine_of_the_device():
     assert type(build(SPEC, np.random.default_rng(0), "fast")) is FastSequential
     model = build(SPEC, np.random.default_rng(0), "fast", device=FAKE)
-    assert type(model) is GpuSequential and all(on_device(v) for v in model.params().values())
+    assert type(model) is GpuSequential and all(on_device(v) for v in model.params.values())
     assert [type(m).__module__ for m in model.layers[:3]] == ["nn.gpu.layers"] * 3
     assert type(build(SPEC, np.random.default_rng(0), "reference", device=FAKE)) is Sequential
     with pytest.raises(ValueError, match="fast engine runs on the CPU only"):
@@ -169,7 +169,7 @@ def train(device, transfer="batch", optimizer=None):
 @pytest.mark.parametrize("transfer", ["batch", "once"])
 def test_training_on_a_device_keeps_state_there_and_returns_numpy(transfer):
     model, opt, history = train(FAKE, transfer)
-    assert all(on_device(v) for v in {**model.params(), **model.buffers()}.values())
+    assert all(on_device(v) for v in {**model.params, **model.buffers}.values())
     assert all(on_device(v["m"]) for v in opt.state.values())
     for record in history:
         assert all(isinstance(record[k], float) for k in ("loss", "train_acc", "dev_loss", "dev_acc"))

@@ -27,7 +27,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]  # the front door is checked as a page
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(excerpt|generated):\s*(\S+)\s*-->\s*$")
@@ -48,7 +48,7 @@ def blocks(text: str):
 
 
 def page_id(page: Path) -> str:
-    return page.name
+    return str(page.relative_to(ROOT))
 
 
 # ---------------------------------------------------------------------------------- checkers
@@ -224,3 +224,11 @@ def test_a_rename_in_the_code_breaks_the_guide(tmp_path):
     errors = excerpt_errors(tmp_path, page) + reference_errors(tmp_path, page)
     assert any("has no col2im" in e for e in errors), errors
     assert any("Conv2d.backward: the quoted lines" in e for e in errors), errors
+
+
+def test_the_readme_is_short_and_links_every_task_page():
+    """The front door says what to read, then stops: the history lives in docs/results.md."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in ("results", "params", "library", "predict", "serve", "tuning", "speed", "gpu"):
+        assert f"(docs/{page}.md)" in readme, f"README.md does not link docs/{page}.md"

@@ -34,7 +34,7 @@ def tied(rng, *shape):
 def pair(make, seed=0):
     """The same layer twice, reference and fast, with the same parameters."""
     a, b = make(ref, np.random.default_rng(seed)), make(fast, np.random.default_rng(seed))
-    assert type(b).__name__ == type(a).__name__ and isinstance(b, type(a)) and b.spec() == a.spec()
+    assert type(b).__name__ == type(a).__name__ and isinstance(b, type(a)) and b.spec == a.spec
     return a, b
 
 
@@ -47,8 +47,8 @@ def assert_same(a, b, x, dout_seed=1, exact=False):
     dout = np.random.default_rng(dout_seed).standard_normal(out_a.shape)
     dx_a, dx_b = a.backward(dout), b.backward(dout)
     check(dx_b, dx_a)
-    grads_a = a.grads() if callable(a.grads) else a.grads
-    grads_b = b.grads() if callable(b.grads) else b.grads
+    grads_a = a.grads if callable(a.grads) else a.grads
+    grads_b = b.grads if callable(b.grads) else b.grads
     assert set(grads_a) == set(grads_b)
     for k in grads_a:
         check(grads_b[k], grads_a[k])
@@ -189,7 +189,7 @@ def test_planned_passes_match_unplanned_in_float32(batchnorm):
         out = model.forward(x, training=True)
         model.backward(dout)
         assert out.dtype == np.float32
-        results.append((out, {k: v.copy() for k, v in model.grads().items()}))
+        results.append((out, {k: v.copy() for k, v in model.grads.items()}))
     (out_p, g_p), (out_u, g_u) = results
     if batchnorm:
         np.testing.assert_allclose(out_p, out_u, rtol=1e-5, atol=1e-5)
@@ -258,7 +258,7 @@ def test_tiled_model_matches_reference_and_passes_gradcheck(threaded):
     b.forward(x, training=True)
     b.layers[0].cache = None
     assert b.backward(np.ones((3, 9)), input_grad=False) is None
-    assert set(b.grads()) == {"1.W", "1.b", "5.W", "5.b"}
+    assert set(b.grads) == {"1.W", "1.b", "5.W", "5.b"}
 
 def test_training_backward_skips_dx_and_layers_before_the_first_parameters():
     spec = [{"type": "Flatten"}, {"type": "Linear", "in_features": 4, "out_features": 3}]
@@ -266,7 +266,7 @@ def test_training_backward_skips_dx_and_layers_before_the_first_parameters():
     model.forward(np.ones((2, 2, 2, 1), np.float32), training=True)
     model.layers[0].cache = None  # Flatten's backward would raise: it must not run
     assert model.backward(np.ones((2, 3), np.float32), input_grad=False) is None
-    assert set(model.grads()) == {"1.W", "1.b"}
+    assert set(model.grads) == {"1.W", "1.b"}
 
 
 def test_threaded_convolution_is_deterministic(monkeypatch):
@@ -307,7 +307,7 @@ def test_unknown_engine_is_refused():
 def train_steps(model, opt, steps=4, seed=20):
     """A few training steps of `model` with `opt`, the learning rate changing as a schedule's."""
     rng = np.random.default_rng(seed)
-    dtype = next(iter(model.params().values())).dtype
+    dtype = next(iter(model.params.values())).dtype
     for i in range(steps):
         x = tied(rng, 4, 8, 16, 1).astype(dtype)
         for layer in model.layers:
@@ -316,8 +316,8 @@ def train_steps(model, opt, steps=4, seed=20):
         out = model.forward(x, training=True)
         model.backward(rng.standard_normal(out.shape).astype(dtype), input_grad=False)
         opt.lr = 1e-2 / (i + 1)
-        opt.step(model.params(), model.grads())
-    return {k: v.copy() for k, v in model.params().items()}
+        opt.step(model.params, model.grads)
+    return {k: v.copy() for k, v in model.params.items()}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, F64])
@@ -391,8 +391,8 @@ def test_fast_adam_takes_the_reference_path_for_mixed_dtypes():
 def test_the_engine_keeps_params_and_grads_on_flat_buffers():
     model = build(CNN_SPEC, np.random.default_rng(3), "fast")
     reference = build(CNN_SPEC, np.random.default_rng(3), "reference")
-    params = model.params()
-    for k, v in reference.params().items():  # same values as the reference model's
+    params = model.params
+    for k, v in reference.params.items():  # same values as the reference model's
         np.testing.assert_array_equal(params[k], v)
     order = fast_optim.flat_order(params)
     assert order[:3] == ["0.W", "3.W", "8.W"]  # weights that decay first
@@ -400,7 +400,7 @@ def test_the_engine_keeps_params_and_grads_on_flat_buffers():
     assert base is not None and base.size == model.num_params()
     model.forward(tied(np.random.default_rng(1), 4, 8, 16, 1).astype(np.float32), training=True)
     model.backward(np.ones((4, 5), np.float32), input_grad=False)
-    grads = model.grads()
+    grads = model.grads
     assert fast_optim.flat_base([grads[k] for k in order]) is not None
     assert fast_optim.flat_base([params[k] for k in reversed(order)]) is None
 
@@ -429,5 +429,5 @@ def test_the_weight_average_trains_the_engine_as_the_reference():
         fit(net, optimizer("adamw", engine, lr=0.01), x, y, x[:10], y[:10], epochs=2,
             batch_size=8, rng=np.random.default_rng(22), ema=0.8)
         nets.append(net)
-    for k, v in nets[0].params().items():
-        np.testing.assert_allclose(nets[1].params()[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+    for k, v in nets[0].params.items():
+        np.testing.assert_allclose(nets[1].params[k], v, rtol=1e-4, atol=1e-5, err_msg=k)

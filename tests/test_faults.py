@@ -410,6 +410,91 @@ def test_an_absurd_loss_is_divergence_not_a_model(trained):
     assert snapshot(trained) == before
 
 
+# --- no silent garbage ------------------------------------------------------------------------
+
+def test_a_model_at_chance_on_dev_is_an_error_not_a_model(trained):
+    """Dev labels that do not match the training ones (here: shifted by one) give a model that
+    learned its training set and scores dev at chance: an error, and no model is written."""
+    dev = dict(np.load(trained / "data" / "mnist" / "dev.npz"))
+    dev["labels"] = (dev["labels"] + 1) % 10
+    save_npz(trained / "data" / "mnist" / "dev.npz", **dev)
+    params = json.loads(json.dumps(PARAMS))
+    params["mlp"]["epochs"] = 6
+    write_params(trained, params)
+    before = snapshot(trained)
+    line = one_line_error(run_train(trained))
+    assert line.startswith("train@mlp: error: training gave a useless model: dev accuracy "), line
+    assert "likely cause: dev data that do not match the training data" in line
+    assert snapshot(trained) == before
+
+
+def test_a_short_run_with_the_weight_average_says_so_and_still_learns(trained):
+    """ema 0.999 forgets over 1,000 steps; this run takes 35. The average warms up instead of
+    staying at the initial weights (which scored chance before the warm-up)."""
+    params = json.loads(json.dumps(PARAMS))
+    params["mlp"].update(epochs=5, ema=0.999)
+    write_params(trained, params)
+    result = run_train(trained)
+    assert result.exit_code == 0, result.output
+    assert ("train@mlp: note: mlp.ema 0.999 forgets over 1,000 steps and this run takes 35: "
+            "the average stays in its warm-up") in result.stdout
+    assert json.loads((trained / "reports/mlp/train.json").read_text())["dev_acc"] >= 0.8
+
+
+@pytest.mark.parametrize("target", ["models/mlp.npz", "reports/mlp/history.csv",
+                                    "reports/mlp/train.json"])
+def test_an_output_that_is_a_folder_stops_training_before_it_starts(trained, target):
+    (trained / target).unlink()
+    (trained / target).mkdir()
+    before = snapshot(trained)
+    line = one_line_error(run_train(trained))
+    assert line == f"train@mlp: error: {target}: is a folder, not a file that can be replaced"
+    assert snapshot(trained) == before and not list(trained.rglob("*.tmp"))
+
+
+def test_write_together_checks_every_target_before_the_first_rename(tmp_path):
+    from nn.files import write_together
+
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(IsADirectoryError, match="b.txt: is a folder"):
+        with write_together() as outputs:
+            outputs.write_bytes(tmp_path / "a.txt", b"new a")
+            outputs.write_bytes(tmp_path / "b.txt", b"new b")
+    assert (tmp_path / "a.txt").read_text() == "old a"         # not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporaries
+
+
+def test_lr_find_with_out_a_file_stops_before_the_range_test(trained):
+    (trained / "taken").write_text("a file")
+    proc = subprocess.run([sys.executable, "-m", "nn.mnist.cli", "lr-find", "mlp", "--out",
+                           "taken"], cwd=trained, env=ENV, capture_output=True, timeout=120)
+    assert check_one_line(proc, 1) == "error: taken/mlp.csv: taken is a file, not a folder"
+    assert (trained / "taken").read_text() == "a file" and proc.stdout == b""
+
+
+def test_a_model_file_without_class_names_is_evaluated(trained):
+    net, info = modelfile.load(trained / "models" / "mlp.npz")
+    modelfile.save(trained / "models" / "nameless.npz", net, normalization=info.normalization,
+                   input_shape=info.input_shape, classes=None)
+    result = run_evaluate(trained, model="models/nameless.npz")
+    assert result.exit_code == 0, result.output
+    table = (trained / "reports" / "mlp" / "per_class.csv").read_text().splitlines()
+    assert table[0].startswith("class,") and [r.split(",")[0] for r in table[1:]] == \
+        [str(c) for c in range(10)]
+
+
+def test_yaml_errors_give_line_column_and_reason(trained):
+    (trained / "params.yaml").write_text("mlp:\n  seed: 1\n  seed: 2\n")
+    line = one_line_error(run_train(trained))
+    assert line == ('train@mlp: error: params.yaml: invalid YAML at line 3, column 3: found '
+                    'duplicate key "seed" with value "2" (original value: "1")'), line
+    (trained / "params.yaml").write_text("mlp: [1, 2\nprepare: 3\n")
+    line = one_line_error(run_train(trained))
+    assert line.startswith("train@mlp: error: params.yaml: invalid YAML at line 2, column 8: "
+                           "expected ',' or ']'"), line
+
+
 # --- all-or-nothing outputs: a failure or Ctrl-C at each write --------------------------------
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
@@ -609,7 +694,7 @@ def test_show_input_never_overwrites_without_force(tmp_path, mlp_file):
     original = image.read_bytes()
     # the user's own image as the --show-input target: refused, nothing predicted or written
     proc = nn_predict(image, "--model", mlp_file, "--show-input", image, cwd=tmp_path)
-    line = check_one_line(proc, 2)
+    line = check_one_line(proc, 1)  # 2 is for a model that cannot be used (nn predict --help)
     assert line == f"error: {image}: exists; --show-input does not overwrite files without --force"
     assert image.read_bytes() == original and proc.stdout == b""
     # several images: PATH-1, PATH-2; one of them taken is enough to refuse
@@ -617,7 +702,7 @@ def test_show_input_never_overwrites_without_force(tmp_path, mlp_file):
     (tmp_path / "seen-2.png").write_bytes(b"keep me")
     proc = nn_predict(image, other, "--model", mlp_file, "--show-input", tmp_path / "seen.png",
                       cwd=tmp_path)
-    assert check_one_line(proc, 2).startswith(f"error: {tmp_path / 'seen-2.png'}: exists")
+    assert check_one_line(proc, 1).startswith(f"error: {tmp_path / 'seen-2.png'}: exists")
     assert (tmp_path / "seen-2.png").read_bytes() == b"keep me"
     assert not (tmp_path / "seen-1.png").exists()
     # a new folder is fine; --force overwrites
@@ -651,6 +736,60 @@ def test_degenerate_images_get_a_warning(tmp_path, mlp_file):
     assert "warning: only 4 inked pixel(s): a speck, not a digit" in lines[1]
     out = json.loads(nn_predict(speck, "--model", mlp_file, "--json", cwd=tmp_path).stdout)
     assert out[0]["warning"] == "only 4 inked pixel(s): a speck, not a digit"
+
+
+def test_an_animated_image_is_read_from_its_first_frame_with_a_warning(tmp_path, mlp_file):
+    first = Image.open(digit_png(tmp_path / "seven.png"))
+    gif = tmp_path / "moving.gif"
+    first.save(gif, save_all=True, append_images=[first.rotate(30), first.rotate(60)])
+    proc = nn_predict(gif, "--model", mlp_file, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["warning"] == "3 frames: only the first one is read"
+
+
+def crafted_images(folder: Path, count: int) -> list[Path]:
+    """`count` images of several formats with random bytes overwritten or cut off: files a
+    decoder may fail on with any exception it likes."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 255, (40, 60), dtype=np.uint8)
+    formats = ["PNG", "GIF", "TIFF", "JPEG", "BMP", "WEBP", "ICO", "TGA"]
+    paths = []
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format=formats[i % len(formats)])
+        data = bytearray(buf.getvalue())
+        for j in rng.integers(0, len(data), rng.integers(1, 7)):
+            data[j] = rng.integers(0, 256)
+        if rng.random() < 0.3:
+            data = data[:rng.integers(1, len(data))]
+        paths.append(folder / f"crafted-{i}.{formats[i % len(formats)].lower()}")
+        paths[-1].write_bytes(bytes(data))
+    return paths
+
+
+def test_every_unreadable_image_is_a_per_image_error(tmp_path):
+    """Whatever a decoder raises on a crafted file, preprocess says ImageError (the class
+    nn predict and nn serve answer per image); a missing file stays an OSError."""
+    from nn.mnist.preprocess import ImageError, preprocess
+
+    for path in crafted_images(tmp_path, 400):
+        try:
+            preprocess(path, 28)
+        except ImageError:
+            pass
+
+
+def test_nn_predict_answers_unreadable_images_one_by_one(tmp_path, mlp_file):
+    good = digit_png(tmp_path / "seven.png")
+    crafted = crafted_images(tmp_path, 40)
+    proc = nn_predict(*crafted, good, tmp_path / "missing.png", "--model", mlp_file,
+                      cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    errors = err.splitlines()
+    assert errors[-1] == f"error: {tmp_path / 'missing.png'}: no such file or directory"
+    assert all(e.startswith(f"error: {tmp_path / 'crafted-'}") for e in errors[:-1]), errors
+    assert f"{good}: " in proc.stdout.decode()
 
 
 def png_header(path: Path, width: int, height: int) -> Path:

@@ -223,7 +223,7 @@ def test_the_fast_engine_on_the_gpu_is_the_gpu_engine():
     model = build(SPEC, np.random.default_rng(0), "fast", device=GPU)
     assert type(model) is GpuSequential
     assert type(engine.optimizer("adamw", "fast", GPU, lr=0.1)) is gpu_optim.AdamW
-    assert all(type(v).__module__.startswith("cupy") for v in model.params().values())
+    assert all(type(v).__module__.startswith("cupy") for v in model.params.values())
 
 
 @pytest.mark.parametrize("engine_name", ["reference", "fast"])

@@ -43,8 +43,8 @@ def test_from_spec_builds_and_round_trips(engine):
     assert [type(layer).__name__ for layer in model.layers] == [d["type"] for d in CNN_SPEC]
     again = Sequential.from_spec(model.spec, np.random.default_rng(0))
     assert again.spec == model.spec
-    for k, v in model.params().items():
-        np.testing.assert_array_equal(v, again.params()[k])  # same seed, same weights
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, again.params[k])  # same seed, same weights
     assert model.spec[0]["padding"] == "same" and model.spec[4]["init"] == "glorot"
 
 
@@ -66,17 +66,17 @@ def test_from_spec_errors_name_index_and_key(entry, match):
 
 def test_params_grads_buffers_are_live_and_dotted(engine):
     model = make(engine)
-    params = model.params()
+    params = model.params
     assert list(params) == ["0.W", "0.b", "1.gamma", "1.beta", "4.W", "4.b", "8.W", "8.b",
                             "11.gamma", "11.beta", "12.W", "12.b"]
-    assert set(model.buffers()) == {"1.running_mean", "1.running_var", "11.running_mean", "11.running_var"}
+    assert set(model.buffers) == {"1.running_mean", "1.running_var", "11.running_mean", "11.running_var"}
     x = images(6)
     before = model.forward(x, training=False)
     params["12.b"] += 1.0  # in place, as an optimiser does
     np.testing.assert_allclose(model.forward(x, training=False), before + 1.0, rtol=1e-6)
     model.forward(x, training=True)
     model.backward(np.ones((6, 5), np.float32))
-    grads = model.grads()
+    grads = model.grads
     assert grads.keys() == params.keys()
     assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
 
@@ -88,11 +88,11 @@ def test_state_dict_round_trip_and_strictness(engine):
     state = model.state_dict()
     state["0.W"] += 0  # copies: editing them leaves the model alone
     state["0.W"][...] = 0
-    assert model.params()["0.W"].any()
+    assert model.params["0.W"].any()
     state = model.state_dict()
-    live = other.params()["0.W"]
+    live = other.params["0.W"]
     other.load_state_dict(state)
-    assert other.params()["0.W"] is live  # loaded in place, an optimiser's references stay valid
+    assert other.params["0.W"] is live  # loaded in place, an optimiser's references stay valid
     np.testing.assert_array_equal(other.forward(x, training=False), model.forward(x, training=False))
 
     with pytest.raises(ValueError, match="missing key '1.running_var'"):
@@ -154,3 +154,26 @@ def test_model_gradient_check_float64():
 
     errors = check_gradients(model, x, before_forward=reseed)
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_every_engine_extends_the_one_layer_registry():
+    from nn import layers
+    from nn.fast import layers as fast
+    from nn.gpu import layers as gpu
+
+    for engine_layers in (fast.LAYERS, gpu.LAYERS):
+        assert engine_layers.keys() == layers.LAYERS.keys()
+        assert all(issubclass(engine_layers[n], layers.LAYERS[n]) for n in layers.LAYERS)
+    assert fast.LAYERS["Conv2d"] is fast.Conv2d and fast.LAYERS["Dropout"] is layers.Dropout
+    assert gpu.LAYERS["ReLU"] is gpu.ReLU and gpu.LAYERS["BatchNorm1d"] is layers.BatchNorm1d
+    with pytest.raises(TypeError, match="does not subclass"):
+        layers.engine_layers(type("Conv2d", (layers.Linear,), {}))
+
+
+def test_a_layer_and_a_model_read_params_grads_buffers_and_spec_alike(engine):
+    model = make(engine)
+    model.backward(np.ones_like(model.forward(images(2), training=True)))
+    layer = model.layers[0]
+    for name in ("params", "grads", "buffers", "spec"):  # attributes, never methods
+        assert not callable(getattr(layer, name)) and not callable(getattr(model, name)), name
+    assert model.spec[0] == layer.spec and model.params["0.W"] is layer.params["W"]

@@ -62,7 +62,7 @@ def test_cnn_with_batchnorm_round_trips_weights_and_running_statistics(tmp_path)
     assert info.input_shape == (6, 10, 1) and info.classes is None and info.meta == {}
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v, err_msg=k)
-    assert not np.all(loaded.buffers()["1.running_mean"] == 0)
+    assert not np.all(loaded.buffers["1.running_mean"] == 0)
     np.testing.assert_array_equal(loaded.forward(x, training=False), net.forward(x, training=False))
 
 

@@ -1,11 +1,11 @@
-"""stages.common: pydantic params and their one-line errors naming the dotted key."""
+"""nn.mnist.params: pydantic params and their one-line errors naming the dotted key."""
 
 from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import AfterValidator, Field, ValidationError
 
-from stages.common import Bool, Float, Int, Params, ParamsError, Str, finite, load_params, validate
+from nn.mnist.params import Bool, Float, Int, Params, ParamsError, Str, finite, load_params, validate
 
 
 class Inner(Params):

@@ -51,6 +51,27 @@ def test_changing_a_mnist100_size_reruns_only_synthesize(repo):
     assert (repo / "dvc.lock").read_text() == lock_before
 
 
+def test_a_failing_stage_says_what_dvc_removed_and_dvc_checkout_restores_it(repo):
+    """`dvc repro` deletes a stage's outputs before it runs it; the stage's one line says so
+    (not "left as they were"), and the command it names brings them back."""
+    dvc(repo, "repro", "prepare")
+    before = {p.name: p.read_bytes() for p in (repo / "data" / "mnist").iterdir()}
+    set_params(repo, **{"prepare.dev_size": 10 ** 6})
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=repo, env=env_with_venv(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("prepare: error: "))
+    assert line.startswith("prepare: error: prepare.dev_size: 1,000,000 must be less than "), line
+    assert line.endswith("(DVC removed data/mnist/train.npz, data/mnist/dev.npz, "
+                         "data/mnist/test.npz before the run; `dvc checkout prepare` restores "
+                         "the cached ones (docs/11-pipeline.md))"), line
+    assert not (repo / "data" / "mnist").exists()
+    set_params(repo, **{"prepare.dev_size": 50})
+    dvc(repo, "checkout", "prepare")
+    assert {p.name: p.read_bytes() for p in (repo / "data" / "mnist").iterdir()} == before
+    assert "changed" not in dvc(repo, "status", "prepare")
+
+
 def test_a_fresh_copy_gives_identical_output_hashes(repo, tmp_path):
     dvc(repo, "repro", "synthesize")
     other = copy_repo(tmp_path)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -203,10 +204,11 @@ BAD_POSTS = {  # name: (body, content type, query, status, start of the error)
 }
 
 
+@pytest.mark.parametrize("endpoint", ["predict", "explain"])
 @pytest.mark.parametrize("name", BAD_POSTS)
-def test_bad_post_is_a_status_and_a_one_line_json_error(server, name):
+def test_bad_post_is_a_status_and_a_one_line_json_error(server, name, endpoint):
     body, content_type, query, status, message = BAD_POSTS[name]
-    got, answer, headers = request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})
+    got, answer, headers = request(server, "POST", f"/api/{endpoint}?{query}", body, {"Content-Type": content_type})
     assert (got, headers["Content-Type"]) == (status, "application/json")
     assert list(answer) == ["error"] and answer["error"].startswith(message) and "\n" not in answer["error"]
     assert request(server, "GET", "/api/health")[0] == 200
@@ -290,6 +292,78 @@ def test_concurrent_requests_get_their_own_answers(server):
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(one, jobs))
     assert all(results[n] == expected[i] for n, i in enumerate(jobs))
+
+
+def test_a_burst_of_100_clients_all_get_their_answer(server):
+    """More clients at once than Python's default listen queue (5) holds: none is reset."""
+    assert server.request_queue_size >= 128
+    body = drawing("71")
+    barrier = threading.Barrier(100, timeout=30)
+
+    def one(_):
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+        try:
+            barrier.wait()  # all connect at the same moment
+            conn.request("POST", "/api/predict?model=cnn", body, {"Content-Type": "image/png"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())["label"]
+        finally:
+            conn.close()
+
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(one, range(100)))
+    assert answers == [(200, post(server, body)[1]["label"])] * 100
+    assert request(server, "GET", "/api/health")[0] == 200
+
+
+@pytest.fixture
+def loud_server(model_paths, monkeypatch):
+    """A server that logs each request, whose clients have 0.3 s to send a request."""
+    monkeypatch.setattr(web.Handler, "timeout", 0.3)
+    with running_server(model_paths, quiet=False) as s:
+        yield s
+
+
+def test_a_stalled_body_is_408_and_one_log_line(loud_server, capfd):
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+    with socket.create_connection(loud_server.server_address[:2], timeout=10) as s:
+        s.sendall(head + b"\x89PNG")  # ... and nothing more: the client stalls mid-body
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 408") and answer.endswith(b'{"error": "body not received within 0.3 s"}')
+    assert b"Connection: close" in answer
+    assert request(loud_server, "GET", "/api/health")[0] == 200
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "/api/predict" in line]
+    assert len(lines) == 1 and "POST /api/predict 408" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_a_body_sent_a_byte_at_a_time_still_meets_the_deadline(loud_server, capfd):
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+    with socket.create_connection(loud_server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        t0 = time.monotonic()
+        for _ in range(20):  # each byte well within 0.3 s of the last: only a deadline stops it
+            if select.select([s], [], [], 0)[0]:
+                break  # the server has answered
+            s.sendall(b"x")
+            time.sleep(0.1)
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 1.9
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_client_reset_mid_body_is_one_line_no_traceback(loud_server, capfd):
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+    s = socket.create_connection(loud_server.server_address[:2], timeout=10)
+    s.sendall(head + b"\x89PNG")
+    time.sleep(0.1)  # the server is now reading the body
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close = RST
+    s.close()
+    time.sleep(0.2)
+    assert request(loud_server, "GET", "/api/health")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if "/api/predict" in line]) <= 1
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(server):

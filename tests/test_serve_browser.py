@@ -15,6 +15,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import servefakes
@@ -90,8 +91,8 @@ def settled(page, state: str = "done") -> None:
     page.locator(f"body[data-state={state}]").wait_for(state="attached", timeout=10_000)
 
 
-def api(server, body: bytes, model: str) -> dict:
-    req = urllib.request.Request(f"{server.url}api/predict?model={model}&top_k=5", data=body,
+def api(server, body: bytes, model: str, endpoint: str = "predict") -> dict:
+    req = urllib.request.Request(f"{server.url}api/{endpoint}?model={model}&top_k=5", data=body,
                                  headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)
@@ -126,13 +127,14 @@ def test_one_digit_undo_and_clear(page, server, models):
     if models[1]:
         assert page.locator("#label").inner_text() == "7"
     assert page.locator("#split").inner_text() == ""
+    seven = page.sent[-1]
 
     draw(page, "1")  # a second stroke over the first; undo takes it back
     settled(page)
     n = len(page.sent)
     page.click("#undo")
     settled(page)
-    assert len(page.sent) == n + 1 and page.sent[-1] == page.sent[-3]  # the same drawing as before
+    assert len(page.sent) == n + 1 and page.sent[-1] == seven  # the same drawing as before
     page.click("#clear")
     settled(page, "idle")
     assert page.locator("#label").inner_text() == "–"
@@ -169,4 +171,77 @@ def test_fits_a_phone(browser, server):
     draw(page, "71")
     settled(page)
     assert page.locator("#label").inner_text() != "–"
+    context.close()
+
+
+def test_layers_view_fills_as_you_draw_and_shows_a_kernel(page, server, models, tmp_path):
+    draw(page, "71")
+    settled(page)
+    rows = page.locator("#layer-list .layer")
+    n_layers = len(api(server, page.sent[-1], "cnn", "explain")["layers"])
+    assert rows.count() == n_layers
+    assert page.locator(".layer[data-kind=maps] img.atlas").count() >= 2
+    assert page.locator("#saliency").is_visible()
+    assert page.locator("#saliency").get_attribute("src").startswith("data:image/png;base64,")
+    # click the second map of the first convolution's maps: its kernel, as numbers and a picture
+    conv = page.locator(".layer[data-kind=maps]").filter(has_text="Conv2d").first.locator("img.atlas").first
+    conv.click(position={"x": conv.bounding_box()["width"] * 1.5 / 8, "y": 3})  # 8 maps a row: map 1
+    page.locator("#kernel td").first.wait_for(timeout=10_000)
+    assert page.locator("#kernel").get_attribute("data-channel") == "1"
+    layer = conv.get_attribute("data-layer")
+    with urllib.request.urlopen(f"{server.url}api/kernel?model=cnn&layer={layer}&channel=1", timeout=10) as r:
+        kernel = json.load(r)
+    shown = [float(t) for t in page.locator("#kernel td").all_inner_texts()]
+    assert shown == [round(w, 3) for w in np.ravel(kernel["weights"][kernel["strongest"]])]  # 3x3 weights
+    assert page.locator("#kernel img").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("#kernel a").get_attribute("href") == "/docs/03-conv2d.md"
+    shot = tmp_path / "layers.png"
+    page.locator("#layers").screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("NN_LAYERS_SCREENSHOT"):
+        page.screenshot(path=os.environ["NN_LAYERS_SCREENSHOT"], full_page=True,  # the drawing, the first layers
+                        clip={"x": 0, "y": 0, "width": 1100, "height": 1500})
+
+
+def test_layers_view_fits_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server.url)
+    draw(page, "71")
+    settled(page)
+    assert page.locator("#layer-list .layer").count() > 3
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+    for img in page.locator("img.atlas").all():
+        box = img.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375
+    context.close()
+
+
+def test_while_drawing_at_most_one_request_per_250_ms_and_one_in_flight(browser, server):
+    context = browser.new_context(viewport={"width": 1100, "height": 640})
+    page = context.new_page()
+    page.add_init_script("""
+        const fetch0 = window.fetch;
+        window.calls = [];
+        window.fetch = async (...args) => {
+          const call = { url: String(args[0]), start: performance.now() };
+          window.calls.push(call);
+          try { const r = await fetch0(...args); await r.clone().arrayBuffer(); return r; }
+          finally { call.end = performance.now(); }
+        };""")
+    page.goto(server.url)
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 40)
+    page.mouse.down()
+    for i in range(80):  # one slow stroke, about 2 s
+        page.mouse.move(box["x"] + 60 + 2 * i, box["y"] + 40 + 2 * i)
+        page.wait_for_timeout(25)
+    page.mouse.up()
+    settled(page)
+    calls = [c for c in page.evaluate("window.calls") if "/api/explain" in c["url"]]
+    assert len(calls) >= 4  # it refreshed while drawing, not only at the end
+    for before, after in zip(calls, calls[1:]):
+        assert after["start"] - before["start"] >= 249  # at most every 250 ms
+        assert after["start"] >= before["end"]  # never two in flight
     context.close()

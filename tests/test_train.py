@@ -101,11 +101,18 @@ def test_early_stopping_restores_the_best_dev_weights(ema):
 def test_weight_average_is_the_exponential_moving_average_and_swaps_back():
     params = {"w": np.array([0.0, 10.0])}
     average = WeightAverage(params, decay=0.5)
+    # the warm-up's decays (1 + t) / (10 + t) for t = 0, 1, 2, ... until they reach 0.5
+    assert average.current_decay() == 0.1
     for value in (2.0, 4.0):
         params["w"][...] = value
         average.update(params)
-    # avg: [0, 10] -> [1, 6] -> [2.5, 5]
-    np.testing.assert_array_equal(average.avg["w"], [2.5, 5.0])
+    assert average.updates == 2 and average.current_decay() == 0.25
+    # avg: [0, 10] -> (d 0.1) [1.8, 2.8] -> (d 2/11) [1.8 + 9/11 * 2.2, 2.8 + 9/11 * 1.2]
+    np.testing.assert_allclose(average.avg["w"], [1.8 + 9 / 11 * 2.2, 2.8 + 9 / 11 * 1.2])
+    for _ in range(20):
+        average.update(params)
+    assert average.current_decay() == 0.5                      # warmed up: the plain decay
+    params["w"][...], average.avg["w"][...] = [4.0, 4.0], [2.5, 5.0]
     live = params["w"]
     average.swap(params)
     assert params["w"] is live                                 # in place: views stay valid
@@ -116,27 +123,44 @@ def test_weight_average_is_the_exponential_moving_average_and_swaps_back():
         WeightAverage(params, decay=1)
 
 
+def test_a_short_run_with_a_slow_average_scores_as_well_as_its_trained_weights():
+    """decay 0.999 forgets over 1,000 steps; this run takes 18. Without the warm-up the average
+    would still be the initial weights (chance); with it, it follows the trained ones."""
+    x, y = separable(96, seed=1)
+    x_dev, y_dev = separable(60, seed=2)
+    scores = {}
+    for ema in (None, 0.999):
+        net = model()
+        history = fit(net, Adam(lr=0.02), x, y, x_dev, y_dev, epochs=3, batch_size=16,
+                      rng=np.random.default_rng(0), ema=ema)
+        scores[ema] = history[-1]["dev_acc"]
+    initial = evaluate(model(), x_dev, y_dev)[1]
+    assert scores[None] > initial + 0.3                       # the run learns
+    assert scores[0.999] >= scores[None] - 0.05               # and its average with it
+
+
 def test_ema_scores_dev_with_the_average_and_the_model_ends_with_it():
     x, y = separable(48, seed=11)
     x_dev, y_dev = separable(30, seed=12)
     net, steps = model(), []
-    expected = {k: v.copy() for k, v in net.params().items()}   # the average, step by step
+    expected = {k: v.copy() for k, v in net.params.items()}   # the average, step by step
 
     def on_step(*_):
-        steps.append({k: v.copy() for k, v in net.params().items()})
-        for k, v in net.params().items():
-            expected[k] += (1 - 0.9) * (v - expected[k])
+        steps.append({k: v.copy() for k, v in net.params.items()})
+        t = len(steps) - 1                                       # the warm-up's decay, then 0.9
+        for k, v in net.params.items():
+            expected[k] += (1 - min(0.9, (1 + t) / (10 + t))) * (v - expected[k])
 
     history = fit(net, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
                   rng=np.random.default_rng(0), ema=0.9, on_step=on_step)
-    for k, v in net.params().items():
+    for k, v in net.params.items():
         np.testing.assert_allclose(v, expected[k], rtol=1e-6, atol=1e-7)
     assert history[-1]["dev_acc"] == evaluate(net, x_dev, y_dev)[1]
     # the same run without the average trains through the same weights
     plain, plain_steps = model(), []
     fit(plain, Adam(lr=0.05), x, y, x_dev, y_dev, epochs=3, batch_size=16,
         rng=np.random.default_rng(0),
-        on_step=lambda *_: plain_steps.append({k: v.copy() for k, v in plain.params().items()}))
+        on_step=lambda *_: plain_steps.append({k: v.copy() for k, v in plain.params.items()}))
     for a, b in zip(steps, plain_steps, strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -163,10 +187,10 @@ def test_progress_hook_schedule_and_plateau():
 def test_gradient_clipping_bounds_each_update():
     x, y = separable(16, seed=8)
     net = model()
-    before = {k: v.copy() for k, v in net.params().items()}
+    before = {k: v.copy() for k, v in net.params.items()}
     fit(net, SGD(1.0), x * 100, y, epochs=1, batch_size=16, rng=np.random.default_rng(0),
         clip_norm=1e-3)
-    moved = np.sqrt(sum(((net.params()[k] - before[k]) ** 2).sum() for k in before))
+    moved = np.sqrt(sum(((net.params[k] - before[k]) ** 2).sum() for k in before))
     assert 0 < moved <= 1e-3 * (1 + 1e-4)
 
 

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from nn.files import save_npz
 from nn.mnist.modelfile import load
+from nn.mnist.params import validate
+from nn.mnist.training import TrainParams, load_split, subset, train_model
 from stages import evaluate, report, train
 
 CNN = [
@@ -131,9 +133,9 @@ def test_the_dev_metrics_are_the_best_epoch_and_train_size_subsets(tmp_path, dat
     assert metrics == {"dev_acc": pytest.approx(rows["dev_acc"][best], abs=1e-6),
                        "best_epoch": best + 1, "epochs_run": 3}
     assert train.dev_metrics(rows.to_dict("records")) == metrics   # history.csv holds it all
-    x, y = train.subset(np.arange(200), np.arange(200), 50, seed=0)
+    x, y = subset(np.arange(200), np.arange(200), 50, seed=0)
     assert len(set(x)) == 50 and (np.diff(x) > 0).all() and (x == y).all()
-    assert train.subset(np.arange(10), np.arange(10), None, seed=0)[0].tolist() == list(range(10))
+    assert subset(np.arange(10), np.arange(10), None, seed=0)[0].tolist() == list(range(10))
 
 
 def test_a_missing_params_section_is_an_error(tmp_path, data):
@@ -172,6 +174,21 @@ def test_training_is_deterministic_and_writes_history(tmp_path, data):
     assert list(history["epoch"]) == [1, 2]
     model, info = load(a[1])
     assert info.classes == [str(i) for i in range(10)] and info.input_shape == (28, 28, 1)
+
+
+def test_the_stage_saves_what_train_model_returns(tmp_path, data):
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP), "mnist")
+    assert result.exit_code == 0, result.output
+    p = validate(TrainParams, model_params(MLP), "mlp")
+    trained = train_model(p, *load_split(data / "mnist", "train"),
+                          *load_split(data / "mnist", "dev"), name="mlp")
+    model, info = load(out, engine="reference")
+    assert info.normalization == trained.normalization and info.classes == trained.classes
+    assert info.input_shape == trained.input_shape == (28, 28, 1)
+    saved, fresh = model.params, trained.net.params
+    assert saved.keys() == fresh.keys()
+    assert all(np.array_equal(saved[k], fresh[k]) for k in saved)
+    assert train.history_csv(trained.history) == history.read_bytes()
 
 
 def png_size(path):

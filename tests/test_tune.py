@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from nn import engine
 from nn.fast import threads
 from nn.lrfind import lr_range_test, suggest
-from nn.mnist import tune
+from nn.mnist import dvc_queue, ranking, search_space
 from nn.mnist.cli import app
+from nn.mnist.params import ParamsError
 from nn.optim import SGD, Adam
-from stages.common import ParamsError
 
 SPACE = {
     "mlp.optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
@@ -31,12 +31,12 @@ MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features
 
 
 def space(**changes):
-    return {k: tune.Distribution.model_validate(v) for k, v in {**SPACE, **changes}.items()}
+    return {k: search_space.Distribution.model_validate(v) for k, v in {**SPACE, **changes}.items()}
 
 
 def test_the_sampler_is_seeded_and_in_range():
-    a, b = tune.sample(space(), 50, seed=3), tune.sample(space(), 50, seed=3)
-    assert a == b and a != tune.sample(space(), 50, seed=4)
+    a, b = search_space.sample(space(), 50, seed=3), search_space.sample(space(), 50, seed=3)
+    assert a == b and a != search_space.sample(space(), 50, seed=4)
     for t in a:
         assert 1e-4 <= t["mlp.optimizer.lr"] <= 1e-1
         assert 0 <= t["mlp.layers.3.p"] <= 0.5
@@ -47,7 +47,7 @@ def test_the_sampler_is_seeded_and_in_range():
 
 
 def test_log_uniform_is_uniform_in_the_logarithm():
-    draws = np.array([t["mlp.optimizer.lr"] for t in tune.sample(space(), 4000, seed=0)])
+    draws = np.array([t["mlp.optimizer.lr"] for t in search_space.sample(space(), 4000, seed=0)])
     position = (np.log10(draws) + 4) / 3                          # 0 at 1e-4, 1 at 1e-1
     for q in (0.1, 0.25, 0.5, 0.75, 0.9):
         assert abs(np.quantile(position, q) - q) < 0.03
@@ -64,7 +64,7 @@ def test_log_uniform_is_uniform_in_the_logarithm():
 def test_a_bad_distribution_names_its_key(tmp_path, dist, message):
     path = write_params(tmp_path, {"mlp.optimizer.lr": dist})
     with pytest.raises(ParamsError, match="tune.mlp.space.mlp.optimizer.lr") as e:
-        tune.load_settings("mlp", path)
+        search_space.load_settings("mlp", path)
     assert message in str(e.value)
 
 
@@ -83,17 +83,17 @@ def write_params(tmp_path, space, **settings):
 ])
 def test_every_path_must_exist_in_params(tmp_path, key, message):
     with pytest.raises(ParamsError, match="tune.mlp.space") as e:
-        tune.load_settings("mlp", write_params(tmp_path, {key: {"uniform": [0, 1]}}))
+        search_space.load_settings("mlp", write_params(tmp_path, {key: {"uniform": [0, 1]}}))
     assert message in str(e.value)
     with pytest.raises(ParamsError, match="tune.mlp.budget: mlp.epoch: no such param"):
-        tune.load_settings("mlp", write_params(tmp_path, {"mlp.max_shift": {"choice": [1]}},
+        search_space.load_settings("mlp", write_params(tmp_path, {"mlp.max_shift": {"choice": [1]}},
                                                budget={"mlp.epoch": 1}))
 
 
 def test_list_items_are_reached_by_index(tmp_path):
-    settings, tree = tune.load_settings("mlp", write_params(tmp_path, SPACE))
-    assert tune.lookup(tree, "mlp.layers.3.p") == 0.1
-    assert tune.set_args({"mlp.layers.3.p": 0.25, "mlp.optimizer.lr": 1e-05, "mlp.clip_norm": None,
+    settings, tree = search_space.load_settings("mlp", write_params(tmp_path, SPACE))
+    assert search_space.lookup(tree, "mlp.layers.3.p") == 0.1
+    assert search_space.set_args({"mlp.layers.3.p": 0.25, "mlp.optimizer.lr": 1e-05, "mlp.clip_norm": None,
                           "mlp.optimizer.nesterov": True}) == [
         "-S", "mlp.layers.3.p=0.25", "-S", "mlp.optimizer.lr=1e-05",
         "-S", "mlp.clip_norm=null", "-S", "mlp.optimizer.nesterov=true"]
@@ -116,22 +116,32 @@ def test_the_ranking_is_by_dev_accuracy_never_test_and_failures_come_last(tmp_pa
             "t2": exp("failed", log=str(log)),
             "t3": exp("success", dev=0.50, test=0.50)}
     exps["t2"]["metrics"] = exps["t3"]["metrics"]          # DVC shows the baseline's for a failure
-    table = tune.results_table("mlp", trials, exps, space())
+    table = ranking.results_table("mlp", trials, exps, space())
     assert table["name"].tolist() == ["t1", "t0", "t3", "t2"]
     assert table["rank"].tolist() == [1, 2, 3, 4]
     assert table["status"].tolist() == ["ok", "ok", "ok", "failed"]
     assert math.isnan(table["dev_acc"].iloc[3])
     assert table["error"].iloc[3] == "train@mlp: error: training diverged: loss became nan"
     assert "accuracy" not in table.columns and "test" not in " ".join(table.columns)
-    assert tune.most_influential(table, space()) == "mlp.optimizer.lr"
+    assert ranking.most_influential(table, space()) == "mlp.optimizer.lr"
 
+
+def test_the_most_influential_param_has_the_largest_rank_correlation_in_size():
+    import pandas as pd
+
+    table = pd.DataFrame({"status": ["ok"] * 4 + ["failed"], "dev_acc": [0.9, 0.8, 0.7, 0.6, None],
+                          "mlp.optimizer.lr": [1e-3] * 4 + [5.0],    # did not vary: counts as 0
+                          "mlp.layers.3.p": [0.1, 0.2, 0.3, 0.9, 0.0],  # rho = -1: the largest
+                          "mlp.max_shift": [0, 1, 0, 1, 3], "mlp.layers.1.out_features": [16] * 5})
+    assert ranking.most_influential(table, space()) == "mlp.layers.3.p"
+    assert ranking.most_influential(table.head(2), space()) == "mlp.optimizer.lr"  # too few: first
 
 def test_ctrl_c_removes_the_queued_trials_and_kills_the_running(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(tune, "experiments", lambda root: {"a": exp("success", 0.5), "b": exp("running"),
+    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {"a": exp("success", 0.5), "b": exp("running"),
                                                            "c": exp("queued")})
-    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    tune.Search(None, "mlp").stop(["a", "b", "c", "d"])
+    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
+    dvc_queue.Search(None, "mlp").stop(["a", "b", "c", "d"])
     assert calls == [("queue", "remove", "c"), ("queue", "kill", "b")]   # "d": not queued yet
     assert "1 queued trial(s) removed, 1 running killed" in capsys.readouterr().err
 
@@ -158,12 +168,12 @@ def a_dead_pid():
 def test_the_wait_gives_up_on_trials_dvc_will_never_finish(monkeypatch, capsys):
     clock, calls, dead = Clock(), [], a_dead_pid()
     live = {**exp("running"), "pid": os.getpid()}
-    monkeypatch.setattr(tune, "time", clock)
-    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    monkeypatch.setattr(tune, "experiments", lambda root: {       # "lost" is never shown
+    monkeypatch.setattr(dvc_queue, "time", clock)
+    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
+    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {       # "lost" is never shown
         "live": live if clock.now < 600 else exp("success", 0.5),
         "dead": {**exp("running"), "pid": dead}, "none": exp("running")})
-    exps = tune.Search(None, "mlp", poll=10).run(["live", "dead", "none", "lost"], workers=2)
+    exps = dvc_queue.Search(None, "mlp", poll=10).run(["live", "dead", "none", "lost"], workers=2)
     assert exps["live"]["state"] == "success"                     # a long trial is never cut
     assert {n: e["state"] for n, e in exps.items() if n != "live"} == dict.fromkeys(
         ["dead", "none", "lost"], "failed")
@@ -177,31 +187,31 @@ def test_the_wait_gives_up_on_trials_dvc_will_never_finish(monkeypatch, capsys):
 
 def test_an_orphan_is_given_up_after_orphan_after_seconds_not_before(monkeypatch):
     clock, dead = Clock(), a_dead_pid()
-    monkeypatch.setattr(tune, "time", clock)
-    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: "")
+    monkeypatch.setattr(dvc_queue, "time", clock)
+    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: "")
     seen = []
-    monkeypatch.setattr(tune, "experiments", lambda root: seen.append(clock.now) or {
+    monkeypatch.setattr(dvc_queue, "experiments", lambda root: seen.append(clock.now) or {
         "dead": {**exp("running"), "pid": dead}})
-    tune.Search(None, "mlp", poll=10).run(["dead"], workers=1)
-    assert tune.ORPHAN_AFTER < seen[-1] <= tune.ORPHAN_AFTER + 10
+    dvc_queue.Search(None, "mlp", poll=10).run(["dead"], workers=1)
+    assert dvc_queue.ORPHAN_AFTER < seen[-1] <= dvc_queue.ORPHAN_AFTER + 10
 
 
 def test_a_queue_that_never_starts_is_an_error_not_a_hang(monkeypatch):
     clock, calls = Clock(), []
-    monkeypatch.setattr(tune, "time", clock)
-    monkeypatch.setattr(tune, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    monkeypatch.setattr(tune, "experiments", lambda root: {"a": exp("success", 0.5),
+    monkeypatch.setattr(dvc_queue, "time", clock)
+    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
+    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {"a": exp("success", 0.5),
                                                            "b": exp("queued")})
-    with pytest.raises(tune.TuneError, match="has not started a trial in 900 s"):
-        tune.Search(None, "mlp", poll=10).run(["a", "b"], workers=1)
+    with pytest.raises(dvc_queue.TuneError, match="has not started a trial in 900 s"):
+        dvc_queue.Search(None, "mlp", poll=10).run(["a", "b"], workers=1)
     assert calls.count(("queue", "start", "--jobs", "1")) > 5     # workers were restarted
-    assert clock.now <= tune.STALL_AFTER + 20
+    assert clock.now <= dvc_queue.STALL_AFTER + 20
 
 
 def test_a_dvc_command_that_hangs_is_stopped_with_one_line(tmp_path):
-    with pytest.raises(tune.TuneError, match=r"^`python\S* -c import time; time.sleep\(30\) ...` "
+    with pytest.raises(dvc_queue.TuneError, match=r"^`python\S* -c import time; time.sleep\(30\) ...` "
                                              r"did not finish in 1 s; it was stopped$"):
-        tune._run(tmp_path, [sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+        dvc_queue._run(tmp_path, [sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
 
 
 def test_a_hung_dvc_exp_show_is_stopped_and_tried_again(monkeypatch):
@@ -211,13 +221,13 @@ def test_a_hung_dvc_exp_show_is_stopped_and_tried_again(monkeypatch):
     def run(root, args, env=None, timeout=None):
         timeouts.append(timeout)
         if len(timeouts) == 1:
-            raise tune.TuneError("`python -m dvc exp show ...` did not finish in 60 s; it was stopped")
+            raise dvc_queue.TuneError("`python -m dvc exp show ...` did not finish in 60 s; it was stopped")
         return subprocess.CompletedProcess(args, 0, "[]", "")
 
-    monkeypatch.setattr(tune, "time", Clock())
-    monkeypatch.setattr(tune, "_run", run)
-    assert tune.exp_show(Path(".")) == []
-    assert timeouts == [tune.EXP_SHOW_TIMEOUT] * 2 and tune.EXP_SHOW_TIMEOUT <= 60
+    monkeypatch.setattr(dvc_queue, "time", Clock())
+    monkeypatch.setattr(dvc_queue, "_run", run)
+    assert dvc_queue.exp_show(Path(".")) == []
+    assert timeouts == [dvc_queue.EXP_SHOW_TIMEOUT] * 2 and dvc_queue.EXP_SHOW_TIMEOUT <= 60
 
 
 def git(repo, *args, env=None):
@@ -229,31 +239,31 @@ def test_preflight_says_what_dvc_needs(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(tune.TuneError, match="not the root of a DVC project"):
-        tune.preflight(tmp_path)
+    with pytest.raises(dvc_queue.TuneError, match="not the root of a DVC project"):
+        dvc_queue.preflight(tmp_path)
     git(tmp_path, "init", "-q")
     (tmp_path / ".dvc").mkdir()
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    with pytest.raises(tune.TuneError, match="need.* a git commit|start from a git commit"):
-        tune.preflight(tmp_path)
+    with pytest.raises(dvc_queue.TuneError, match="need.* a git commit|start from a git commit"):
+        dvc_queue.preflight(tmp_path)
     git(tmp_path, "add", "-A")
     git(tmp_path, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x")
-    with pytest.raises(tune.TuneError, match="git's user.name is not set: git config user.name"):
-        tune.preflight(tmp_path)
+    with pytest.raises(dvc_queue.TuneError, match="git's user.name is not set: git config user.name"):
+        dvc_queue.preflight(tmp_path)
     git(tmp_path, "config", "user.name", "a")
     git(tmp_path, "config", "user.email", "a@b")
-    tune.preflight(tmp_path)
+    dvc_queue.preflight(tmp_path)
 
 
 def test_nn_threads_caps_the_engine_pool(monkeypatch):
     monkeypatch.setenv("NN_THREADS", "1")
     assert threads.thread_count() == 1
     monkeypatch.setenv("NN_THREADS", "999")
-    assert threads.thread_count() == tune.cores()
+    assert threads.thread_count() == dvc_queue.cores()
     monkeypatch.setenv("NN_THREADS", "two")
     with pytest.raises(ValueError, match="NN_THREADS='two'"):
         threads.thread_count()
-    env = tune.thread_env(3)
+    env = dvc_queue.thread_env(3)
     assert [env[k] for k in ("NN_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")] == ["3"] * 3
 
 
@@ -318,6 +328,6 @@ def test_nn_tune_refuses_bad_settings_with_one_line(tmp_path, monkeypatch):
 
 
 def test_the_stages_accept_the_tune_section_they_never_read():
-    from stages.common import known_sections
+    from nn.mnist.params import known_sections
 
     assert known_sections(Path(__file__).parents[1] / "params.yaml")[-1] == "tune"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from nn.mnist import tune
+from nn.mnist import search_space
 from nn.mnist.cli import app
 from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 
@@ -23,9 +23,9 @@ SPACE = {"mlp.optimizer.lr": {"log_uniform": [0.001, 0.1]},
 
 def failing_once_seed(trials: int) -> int:
     """A seed whose trials have exactly one bad width (17) among good ones."""
-    space = {k: tune.Distribution.model_validate(v) for k, v in SPACE.items()}
+    space = {k: search_space.Distribution.model_validate(v) for k, v in SPACE.items()}
     return next(s for s in range(100) if sum(t["mlp.layers.1.out_features"] == 17
-                                             for t in tune.sample(space, trials, s)) == 1)
+                                             for t in search_space.sample(space, trials, s)) == 1)
 
 
 @pytest.fixture(scope="module")

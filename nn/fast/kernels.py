@@ -21,8 +21,8 @@ from nn.fast.threads import parallel as _parallel
 # Output pixels (im2col rows) per chunk of images: small enough for the chunk's buffers to stay
 # in cache, large enough that numpy's per-call overhead does not dominate. For the 32 -> 64
 # convolution of the default CNN on two threads, 2 images (784 rows, a 0.9 MB im2col buffer per
-# thread) ran its forward 1.3x and its backward 1.6x faster than the 10 of 4,096 rows, which the
-# Intel VM with its larger caches had preferred; 1 or 3 images were a little slower.
+# thread) run its forward 1.3x and its backward 1.6x faster than 10 images (4,096 rows), and
+# 1 or 3 images a little slower.
 CHUNK_ROWS = 1024
 
 # A narrow im2col row (kh*kw*C_in below NARROW_K numbers: a 3x3 convolution of one channel) is
@@ -73,21 +73,21 @@ class Scratch:
         self._subs.clear()
 
 
-def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int,
+def windows(padded: np.ndarray, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int,
             pool_layout: bool) -> np.ndarray:
     """Read-only im2col view of a padded input.
 
-    xp: (N, Hp, Wp, C) -> (N, ho, wo, kh, kw, C), or in pool layout (N, 2, 2, ho/2, wo/2, kh, kw, C).
+    padded: (N, Hp, Wp, C) -> (N, ho, wo, kh, kw, C), or in pool layout (N, 2, 2, ho/2, wo/2, kh, kw, C).
     """
-    n, _, _, c = xp.shape
-    s_n, s_h, s_w, s_c = xp.strides
+    n, _, _, c = padded.shape
+    s_n, s_h, s_w, s_c = padded.strides
     if pool_layout:
         shape = (n, 2, 2, ho // 2, wo // 2, kh, kw, c)
         strides = (s_n, sh * s_h, sw * s_w, 2 * sh * s_h, 2 * sw * s_w, s_h, s_w, s_c)
     else:
         shape = (n, ho, wo, kh, kw, c)
         strides = (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c)
-    return as_strided(xp, shape, strides, writeable=False)
+    return as_strided(padded, shape, strides, writeable=False)
 
 
 def fill_col(view: np.ndarray, n0: int, m: int, scratch: Scratch, name: str) -> np.ndarray:
@@ -124,19 +124,19 @@ def parallel(part, n: int, rows_per_image: int, k: int, scratch: Scratch) -> lis
     return _parallel(part, n, images_per_chunk(rows_per_image, n, k), scratch)
 
 
-def conv_matmul(xp: np.ndarray, w2d: np.ndarray, kh: int, kw: int, sh: int, sw: int,
+def conv_matmul(padded: np.ndarray, w2d: np.ndarray, kh: int, kw: int, sh: int, sw: int,
                 ho: int, wo: int, pool_layout: bool, scratch: Scratch, name: str,
                 bias: np.ndarray | None = None) -> np.ndarray:
     """Correlate padded input with a kernel matrix, a few images at a time.
 
-    xp: (N, Hp, Wp, C); w2d: (kh*kw*C, F) -> (N, ho*wo, F) in natural or pool row order.
+    padded: (N, Hp, Wp, C); w2d: (kh*kw*C, F) -> (N, ho*wo, F) in natural or pool row order.
     """
-    n, c = xp.shape[0], xp.shape[3]
+    n, c = padded.shape[0], padded.shape[3]
     k = kh * kw * c
     f = w2d.shape[1]
     rows = ho * wo
-    out = np.empty((n, rows, f), dtype=np.result_type(xp, w2d))
-    view = windows(xp, kh, kw, sh, sw, ho, wo, pool_layout)
+    out = np.empty((n, rows, f), dtype=np.result_type(padded, w2d))
+    view = windows(padded, kh, kw, sh, sw, ho, wo, pool_layout)
 
     def part(lo, hi, scr):
         step = images_per_chunk(rows, hi - lo, k)
@@ -151,18 +151,18 @@ def conv_matmul(xp: np.ndarray, w2d: np.ndarray, kh: int, kw: int, sh: int, sw: 
     return out
 
 
-def conv_weight_grad(xp: np.ndarray, dout: np.ndarray, kh: int, kw: int, sh: int, sw: int,
+def conv_weight_grad(padded: np.ndarray, dout: np.ndarray, kh: int, kw: int, sh: int, sw: int,
                      ho: int, wo: int, pool_layout: bool, scratch: Scratch, name: str) -> np.ndarray:
     """dW = col^T @ dout, rebuilding col chunk by chunk (cheaper than keeping it).
 
-    xp: (N, Hp, Wp, C); dout: (N, ho*wo, F) in the forward's row order -> (kh*kw*C, F).
+    padded: (N, Hp, Wp, C); dout: (N, ho*wo, F) in the forward's row order -> (kh*kw*C, F).
     """
-    n, c = xp.shape[0], xp.shape[3]
+    n, c = padded.shape[0], padded.shape[3]
     k = kh * kw * c
     f = dout.shape[-1]
     rows = ho * wo
-    view = windows(xp, kh, kw, sh, sw, ho, wo, pool_layout)
-    dtype = np.result_type(xp, dout)
+    view = windows(padded, kh, kw, sh, sw, ho, wo, pool_layout)
+    dtype = np.result_type(padded, dout)
 
     def part(lo, hi, scr):
         step = images_per_chunk(rows, hi - lo, k)
@@ -218,22 +218,22 @@ def route4(g: np.ndarray, masks: np.ndarray, ys: np.ndarray) -> None:
     np.subtract(ys[:, 0], ys[:, 1], out=ys[:, 0])
 
 
-def conv_pool_forward(xp: np.ndarray, w2d: np.ndarray, bias: np.ndarray | None, kh: int, kw: int,
+def conv_pool_forward(padded: np.ndarray, w2d: np.ndarray, bias: np.ndarray | None, kh: int, kw: int,
                       ho: int, wo: int, relu: bool, need_index: bool, scratch: Scratch):
     """Stride-1 Conv2d (+ ReLU) + 2x2 MaxPool, a few images at a time so everything stays in cache.
 
-    xp: (N, Hp, Wp, C) padded input; w2d: (kh*kw*C, F) -> out (N, P, F) with P = ho/2 * wo/2, and
+    padded: (N, Hp, Wp, C) input; w2d: (kh*kw*C, F) -> out (N, P, F) with P = ho/2 * wo/2, and
     masks (3, N, P, F) bool recording the first maximum of each window (see `max4`).
     Bit-identical to the unfused layers: bias is added before the max, ReLU after (they commute
     exactly with max), and ties keep the first maximum as the unfused pool does.
     """
-    n = xp.shape[0]
+    n = padded.shape[0]
     k, f = w2d.shape
     p = (ho // 2) * (wo // 2)
-    dtype = np.result_type(xp, w2d)
+    dtype = np.result_type(padded, w2d)
     out = np.empty((n, p, f), dtype)
     masks = np.empty((3, n, p, f), np.bool_) if need_index else None
-    view = windows(xp, kh, kw, 1, 1, ho, wo, True)
+    view = windows(padded, kh, kw, 1, 1, ho, wo, True)
 
     def part(lo, hi, scr):
         step = images_per_chunk(ho * wo, hi - lo, k)
@@ -253,7 +253,7 @@ def conv_pool_forward(xp: np.ndarray, w2d: np.ndarray, bias: np.ndarray | None, 
     return out, masks
 
 
-def conv_pool_backward(xp: np.ndarray, dout: np.ndarray, out: np.ndarray, masks: np.ndarray,
+def conv_pool_backward(padded: np.ndarray, dout: np.ndarray, out: np.ndarray, masks: np.ndarray,
                        w2d: np.ndarray, w_flip: np.ndarray | None, kh: int, kw: int, ho: int, wo: int,
                        pads: tuple, relu: bool, scratch: Scratch):
     """Backward of `conv_pool_forward`: per chunk, mask by ReLU and route to the recorded maxima,
@@ -275,10 +275,10 @@ def conv_pool_backward(xp: np.ndarray, dout: np.ndarray, out: np.ndarray, masks:
         route4(g, masks[:, n0:n0 + m], y)
         return y.reshape(m, 4 * p, f)
 
-    return conv_backward(xp, routed, w2d, w_flip, kh, kw, ho, wo, pads, True, scratch)
+    return conv_backward(padded, routed, w2d, w_flip, kh, kw, ho, wo, pads, True, scratch)
 
 
-def conv_backward(xp: np.ndarray, dy_chunk, w2d: np.ndarray, w_flip: np.ndarray | None, kh: int,
+def conv_backward(padded: np.ndarray, dy_chunk, w2d: np.ndarray, w_flip: np.ndarray | None, kh: int,
                   kw: int, ho: int, wo: int, pads: tuple, pool_layout: bool, scratch: Scratch):
     """Stride-1 convolution backward, chunk by chunk: dW and db accumulate, and (if w_flip is
     given) dx is the correlation of the padded output gradient with the flipped kernels.
@@ -287,11 +287,11 @@ def conv_backward(xp: np.ndarray, dy_chunk, w2d: np.ndarray, w_flip: np.ndarray 
     forward's row order (natural or pool layout). w_flip: (kh*kw*F, C).
     -> dW (kh*kw*C, F), db (F,), dx (N, H, W, C) or None.
     """
-    n, c = xp.shape[0], xp.shape[3]
+    n, c = padded.shape[0], padded.shape[3]
     k, f = w2d.shape
-    h, w = xp.shape[1] - pads[0] - pads[1], xp.shape[2] - pads[2] - pads[3]
-    dtype = np.result_type(xp, w2d)
-    view = windows(xp, kh, kw, 1, 1, ho, wo, pool_layout)
+    h, w = padded.shape[1] - pads[0] - pads[1], padded.shape[2] - pads[2] - pads[3]
+    dtype = np.result_type(padded, w2d)
+    view = windows(padded, kh, kw, 1, 1, ho, wo, pool_layout)
     dx = None if w_flip is None else np.empty((n, h, w, c), dtype)
     ft, fl = kh - 1 - pads[0], kw - 1 - pads[2]
 

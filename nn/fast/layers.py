@@ -24,7 +24,6 @@ import numpy as np
 
 from nn import layers as ref
 from nn.fast import kernels, threads
-from nn.layers import Dropout, Flatten, OuterSum, ReLU, Tiles, Untile
 
 
 class _Grads:
@@ -100,9 +99,9 @@ class Conv2d(_Grads, ref.Conv2d):
         dtype = np.result_type(x, self.params["W"])
         if not (top or bottom or left or right):
             return np.ascontiguousarray(x, dtype=dtype)
-        xp = self._scratch.get("xp", n, (h + top + bottom, w + left + right, c), dtype)
-        xp[:, top:top + h, left:left + w] = x
-        return xp
+        padded = self._scratch.get("padded", n, (h + top + bottom, w + left + right, c), dtype)
+        padded[:, top:top + h, left:left + w] = x
+        return padded
 
     @property
     def fast_ok(self) -> bool:
@@ -129,11 +128,11 @@ class Conv2d(_Grads, ref.Conv2d):
             return out
         n, h, w, _ = x.shape
         ho, wo = self._out_hw(h, w)
-        xp = self._pad(x)
+        padded = self._pad(x)
         wt = self.params["W"]
-        out = kernels.conv_matmul(xp, wt.reshape(-1, wt.shape[3]), self.kh, self.kw, self.sh, self.sw,
+        out = kernels.conv_matmul(padded, wt.reshape(-1, wt.shape[3]), self.kh, self.kw, self.sh, self.sw,
                                   ho, wo, pool_layout, self._scratch, "col", self.params.get("b"))
-        self.cache = ("conv", xp, ho, wo, pool_layout) if training else None
+        self.cache = ("conv", padded, ho, wo, pool_layout) if training else None
         if pool_layout:
             return out.reshape(n, 4, (ho // 2) * (wo // 2), -1)
         return out.reshape(n, ho, wo, -1)
@@ -143,11 +142,11 @@ class Conv2d(_Grads, ref.Conv2d):
         Needs `can_pool`. x: (N, H, W, C_in) -> (N, H_out/2, W_out/2, C_out)."""
         n, h, w, _ = x.shape
         ho, wo = self._out_hw(h, w)
-        xp = self._pad(x)
+        padded = self._pad(x)
         wt = self.params["W"]
-        out, masks = kernels.conv_pool_forward(xp, wt.reshape(-1, wt.shape[3]), self.params.get("b"),
+        out, masks = kernels.conv_pool_forward(padded, wt.reshape(-1, wt.shape[3]), self.params.get("b"),
                                                self.kh, self.kw, ho, wo, relu, training, self._scratch)
-        self.cache = ("pool", xp, ho, wo, out, masks, relu) if training else None
+        self.cache = ("pool", padded, ho, wo, out, masks, relu) if training else None
         return out.reshape(n, ho // 2, wo // 2, -1)
 
     def backward(self, dout, input_grad=True):
@@ -162,14 +161,14 @@ class Conv2d(_Grads, ref.Conv2d):
         f = wt.shape[3]
         w_flip = self._w_flip() if input_grad else None
         if cache[0] == "pool":
-            _, xp, ho, wo, out, masks, relu = cache
+            _, padded, ho, wo, out, masks, relu = cache
             dw, db, dx = kernels.conv_pool_backward(
-                xp, np.ascontiguousarray(dout).reshape(out.shape), out, masks, wt.reshape(-1, f), w_flip,
+                padded, np.ascontiguousarray(dout).reshape(out.shape), out, masks, wt.reshape(-1, f), w_flip,
                 self.kh, self.kw, ho, wo, self.pads, relu, self._scratch)
         else:
-            _, xp, ho, wo, pool_layout = cache
-            dout = np.ascontiguousarray(dout).reshape(xp.shape[0], ho * wo, f)
-            dw, db, dx = kernels.conv_backward(xp, lambda n0, m, scr: dout[n0:n0 + m], wt.reshape(-1, f),
+            _, padded, ho, wo, pool_layout = cache
+            dout = np.ascontiguousarray(dout).reshape(padded.shape[0], ho * wo, f)
+            dw, db, dx = kernels.conv_backward(padded, lambda n0, m, scr: dout[n0:n0 + m], wt.reshape(-1, f),
                                                w_flip, self.kh, self.kw, ho, wo, self.pads, pool_layout,
                                                self._scratch)
         self._set_grad("W", dw.reshape(wt.shape))
@@ -324,5 +323,4 @@ class BatchNorm2d(_FastBatchNorm, ref.BatchNorm2d):
     __doc__ = ref.BatchNorm2d.__doc__
 
 
-LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}
+LAYERS = ref.engine_layers(Linear, Conv2d, MaxPool2d, BatchNorm1d, BatchNorm2d)

@@ -6,7 +6,8 @@ import numpy as np
 
 from nn.fast import threads
 from nn.fast.optim import flat_order
-from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, MaxPool2d, ReLU
+from nn.fast.layers import LAYERS, BatchNorm2d, Conv2d, MaxPool2d
+from nn.layers import ReLU
 from nn.model import Sequential, engine_backward
 
 
@@ -46,7 +47,7 @@ class FastSequential(Sequential):
     def _flatten(self):
         """Move the parameters into one flat buffer and give each layer views into a flat
         gradient buffer (`grad_buffers`), both in `flat_order`. Mixed dtypes stay as they are."""
-        params = self.params()
+        params = self.params
         if not params or len({p.dtype for p in params.values()}) > 1:
             return
         owner = {f"{i}.{k}": (layer, k) for i, layer in enumerate(self.layers) for k in layer.params}

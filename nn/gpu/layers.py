@@ -21,7 +21,6 @@ are already whole-array calls. `tests/test_gpu.py` holds every layer here to the
 from nn import layers as ref
 from nn.backend import array_module
 from nn.gpu import kernels
-from nn.layers import BatchNorm1d, BatchNorm2d, Dropout, Flatten, OuterSum, Tiles, Untile
 
 BLOCK_ROWS = 2048  # rows of one block of `tall_grads`: 128 blocks for the first layer at batch 128
 
@@ -116,5 +115,4 @@ class ReLU(ref.ReLU):
         return kernels.kernels()["relu_backward"](dout, self._need_cache())
 
 
-LAYERS = {cls.__name__: cls for cls in (Linear, Conv2d, MaxPool2d, ReLU, Dropout, Flatten,
-                                        BatchNorm1d, BatchNorm2d, OuterSum, Tiles, Untile)}
+LAYERS = ref.engine_layers(Linear, Conv2d, MaxPool2d, ReLU)

@@ -96,8 +96,8 @@ def predict(
     Each image is preprocessed as MNIST was made: grayscale, inverted if dark-on-light,
     cropped to its ink, scaled into 20x20 and centred by mass in 28x28 (per digit).
 
-    Exit status: 0 all predicted, 1 some images failed (the others are still printed),
-    2 the model could not be loaded.
+    Exit status: 0 all predicted, 1 some images failed (the others are still printed) or
+    --show-input would overwrite a file, 2 the model could not be loaded.
     """
     import io
     import sys
@@ -111,7 +111,7 @@ def predict(
                  if (p := _input_png_path(show_input, i, len(images))).exists()]
         if taken:
             _fail(f"{taken[0]}: exists; --show-input does not overwrite files without --force")
-            raise typer.Exit(EXIT_MODEL)
+            raise typer.Exit(EXIT_SOME_FAILED)
     stdin = sys.stdin.buffer.read() if any(str(p) == "-" for p in images) else b""
 
     try:
@@ -126,7 +126,7 @@ def predict(
         try:
             source = io.BytesIO(stdin) if str(path) == "-" else path
             results.append({"file": str(path), "input": preprocess(source, classifier.width, notes),
-                            "warning": notes[0] if notes else None})
+                            "warning": "; ".join(notes) or None})
         except ImageError as e:
             results.append({"file": str(path), "error": str(e)})
         except OSError as e:  # missing file, a directory, unreadable permissions
@@ -159,6 +159,43 @@ def predict(
                 typer.echo(_format_text(r["file"], r["top"], r["warning"]))
     if write_failed or any("error" in r for r in results):
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="An image file, as for `nn predict`.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Saved model (.npz).")] = DEFAULT_MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG sheet to write.")] = Path("explain.png"),
+) -> None:
+    """Draw what every layer computes on one image, and which pixels decided it, as one PNG.
+
+    The sheet shows the input, its saliency (the gradient of the top class's score), each
+    layer's maps or bars, and the probabilities. Exit status 1 if the image cannot be read or
+    the sheet written, 2 if the model cannot be loaded.
+    """
+    from nn.files import write_bytes
+    from nn.mnist.explain import explain_file
+    from nn.mnist.modelfile import ModelFileError
+    from nn.mnist.pictures import png_bytes
+    from nn.mnist.preprocess import ImageError
+
+    try:
+        picture, label, p = explain_file(image, model)
+    except ModelFileError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_MODEL) from None
+    except ImageError as e:
+        _fail(f"{image}: {e}")
+        raise typer.Exit(1) from None
+    except OSError as e:  # missing file, a directory, unreadable permissions
+        _fail(f"{image}: {(e.strerror or str(e)).lower()}")
+        raise typer.Exit(1) from None
+    try:
+        write_bytes(out, png_bytes(picture))
+    except OSError as e:
+        _fail(f"{out}: cannot write ({(e.strerror or str(e)).lower()})")
+        raise typer.Exit(1) from None
+    typer.echo(f"{image}: {label} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
 
 
 SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."
@@ -229,28 +266,39 @@ def lr_find(
     """
     import pandas as pd
 
-    from nn.files import write_bytes
+    from nn.files import check_writable, write_together
     from nn.mnist.charts import xy_chart
     from nn.mnist.pictures import png_bytes
-    from nn.mnist.tune import dataset_of
-    from nn.mnist.tune import lr_find as run
-    from stages.common import ParamsError
+    from nn.lrfind import lr_range_test, suggest
+    from nn.mnist.modelfile import normalize
+    from nn.mnist.params import ParamsError, dataset_of, load_params
+    from nn.mnist.training import TrainParams, load_split, start_run, subset
 
+    csv, png = out / f"{model}.csv", out / f"{model}.png"
     try:
+        check_writable(csv, png)  # before the range test, not after it
         data = data or Path("data") / dataset_of(model, Path("dvc.yaml"))
-        records, lr, rule = run(model, params, data, steps=steps, min_lr=min_lr, max_lr=max_lr)
+        p = load_params(TrainParams, model, params)
+        x, y = subset(*load_split(data, "train"), p.train_size, p.seed)
+        # set up as the train stage sets up (network, optimiser, augmentation), on the CPU
+        run = start_run(p, model, x, source=data / "train.npz")
+        records = lr_range_test(run.net, run.optimizer, normalize(x, run.normalization), y,
+                                rng=run.rng, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                                batch_size=p.batch_size, augment=run.augment)
+        lr, rule = suggest(records)
+        table = pd.DataFrame(records)
+        chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True,
+                         mark_x=lr, x_label="learning rate", y_label="training loss (smoothed)",
+                         title=f"nn lr-find {model}: {len(table)} steps, suggested lr {lr:.2g}")
+        with write_together() as outputs:  # both files, or neither
+            outputs.write_bytes(csv, table.to_csv(index=False, float_format="%.6g").encode())
+            outputs.write_bytes(png, png_bytes(chart))
     except (ParamsError, OSError, ValueError) as e:
         _fail(str(e))
         raise typer.Exit(EXIT_TUNE) from None
-    table = pd.DataFrame(records)
-    write_bytes(out / f"{model}.csv", table.to_csv(index=False, float_format="%.6g").encode())
-    chart = xy_chart([("smoothed loss", table["lr"], table["smoothed"])], log_x=True, mark_x=lr,
-                     title=f"nn lr-find {model}: {len(table)} steps, suggested lr {lr:.2g}",
-                     x_label="learning rate", y_label="training loss (smoothed)")
-    write_bytes(out / f"{model}.png", png_bytes(chart))
     stopped = "" if len(table) == steps else f", stopped at step {len(table)}: the loss exploded"
     typer.echo(f"lr-find: {model}: {len(table)} steps from {min_lr:g} to {table['lr'].iloc[-1]:.3g}"
-               f"{stopped} -> {out / f'{model}.csv'}, {out / f'{model}.png'}")
+               f"{stopped} -> {csv}, {png}")
     typer.echo(f"lr-find: suggested lr {lr:.2g}: {rule}")
 
 
@@ -276,9 +324,9 @@ def tune(
     the queue runs with --workers workers of cores/workers threads each. A failed trial is
     listed with its reason. Ctrl-C removes the trials still queued and kills the running ones.
     """
-    from nn.mnist.tune import TuneError
+    from nn.mnist.dvc_queue import TuneError
+    from nn.mnist.params import ParamsError
     from nn.mnist.tune import tune as run
-    from stages.common import ParamsError
 
     try:
         r = run(Path.cwd(), model, params, out, trials=trials, workers=workers, prefix=prefix,

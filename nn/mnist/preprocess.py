@@ -78,14 +78,17 @@ class BlankImageError(ImageError):
     """The image has no ink: it is uniform, or its contrast is below MIN_CONTRAST."""
 
 
-def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
-    """Open and decode an image, refusing huge ones before decoding.
+def open_image(source: str | os.PathLike | IO[bytes], notes: list[str] | None = None
+               ) -> Image.Image:
+    """Open and decode an image (its first frame), refusing huge ones before decoding.
 
-    A missing file raises FileNotFoundError (an OSError), as open() does.
+    An animated or multi-page image is read from its first frame, and `notes` (when given)
+    says so. A missing file raises FileNotFoundError (an OSError), as open() does.
     """
     with warnings.catch_warnings():
         # Pillow warns between its own limit and twice it, then raises; both are "too large".
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" and the like
         try:
             im = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -96,8 +99,12 @@ def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
                                      f"(limit {MAX_PIXELS / 1e6:g})") from None
         except UnidentifiedImageError:
             raise NotAnImageError("not an image (unknown or unsupported format)") from None
-        except (SyntaxError, ValueError, EOFError) as e:
+        except OSError as e:
+            if e.errno is not None:
+                raise  # a missing file, a folder, no permission: the caller names them
             raise NotAnImageError(f"not a readable image ({e})") from None
+        except Exception as e:  # Pillow's parsers raise many kinds on a crafted file
+            raise NotAnImageError(f"not a readable image ({e or type(e).__name__})") from None
         width, height = im.size
         if width * height > MAX_PIXELS:
             im.close()
@@ -109,10 +116,14 @@ def open_image(source: str | os.PathLike | IO[bytes]) -> Image.Image:
             im.close()
             raise NotAnImageError(f"empty image ({width}x{height})")
         try:
+            frames = getattr(im, "n_frames", 1)  # TIFF walks its pages here, and may fail
+            if frames > 1 and notes is not None:
+                notes.append(f"{frames} frames: only the first one is read")
+            im.seek(0)
             im.load()
             return ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise NotAnImageError(f"corrupt or truncated image ({e})") from None
+        except Exception as e:  # any decoder failure: OSError, SyntaxError, TypeError, ...
+            raise NotAnImageError(f"corrupt or truncated image ({e or type(e).__name__})") from None
         finally:
             im.close()
 
@@ -161,9 +172,9 @@ def to_gray(im: Image.Image) -> np.ndarray:
     return lum * alpha + background * (1.0 - alpha)
 
 
-def read_gray(source: Source) -> np.ndarray:
+def read_gray(source: Source, notes: list[str] | None = None) -> np.ndarray:
     """Read any Pillow-readable image as grayscale. -> (H, W) float32 in [0, 1]."""
-    im = source if isinstance(source, Image.Image) else open_image(source)
+    im = source if isinstance(source, Image.Image) else open_image(source, notes)
     try:
         return to_gray(im)
     except ValueError as e:  # Pillow cannot convert this mode (e.g. "HSV") to grayscale
@@ -381,7 +392,7 @@ def preprocess_explained(source: Source, width: int = SIZE, notes: list[str] | N
     """preprocess, and how it read the image. -> ((28, width) uint8, Diagnostics)."""
     if width not in (SIZE, 2 * SIZE):
         raise ValueError(f"width must be {SIZE} (one digit) or {2 * SIZE} (two digits), not {width}")
-    ink = ink_map(read_gray(source))
+    ink = ink_map(read_gray(source, notes))
     doubt = degenerate(ink)
     if doubt and notes is not None:
         notes.append(doubt)

@@ -7,12 +7,16 @@ file, serve.html, beside this module; nothing is fetched from elsewhere, so it w
     GET  /, /index.html   the page
     GET  /api/health      {"status": "ok", "models": {"mlp": {...}, "cnn": {...}}}
     POST /api/predict     an image -> nn predict's JSON object plus "model" and "diagnostics"
+    POST /api/explain     the same, plus every layer's output and the saliency (nn.mnist.explain)
+    GET  /api/kernel      ?model=cnn&layer=1&channel=0: one Conv2d kernel, numbers and picture
+    GET  /docs/0N-....md  the guide's layer pages (text), which the layers view links to
 
 The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn&top_k=5), or
 a JSON body {"image": "data:image/png;base64,...", "model": "cnn", "top_k": 5}.
 Every error is JSON, {"error": "one line"}, with its status: 400 malformed request or not an
 image, 403 a cross-origin POST, 404, 405, 411 no Content-Length, 413 body or image too large,
-422 blank image, 500 a bug (logged; the server keeps serving).
+408 a client too slow to send its request, 422 blank image, 500 a bug (logged; the server keeps
+serving). A client's timeout or reset is one log line, never a traceback.
 """
 
 from __future__ import annotations
@@ -37,16 +41,22 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
+from nn.mnist import explain as explaining
 from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
+from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
 from nn.mnist.pictures import png_bytes
 from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
+from nn.model import Sequential
 
 MAX_BODY = 10 * 1024 * 1024  # bytes: a drawing is ~10 kB, a phone photo a few MB
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
 REQUEST_TIMEOUT = 10  # seconds a client may take to send its request
 PAGE = "serve.html"
+LISTEN_QUEUE = 128  # connections the kernel holds before accept(): a burst of clients, not resets
+DOCS = Path(__file__).resolve().parents[2] / "docs"  # the guide, in a source checkout
+DOC_PAGES = sorted({page for _, page in explaining.LAYER_DOCS.values()})
 
 
 class RequestError(Exception):
@@ -63,10 +73,12 @@ class Model:
 
     The layers keep caches and the fast engine reuses scratch buffers, so one model must not
     run two forward passes at once; preprocessing, most of a request's time, runs in parallel.
+    `reference` is the same weights on the plain layers: the layers view's pass (explain).
     """
 
     classifier: Classifier
     lock: threading.Lock
+    reference: Sequential
 
 
 def load_models(paths: dict[str, Path], engine: str = "fast") -> dict[str, Model]:
@@ -83,7 +95,7 @@ def load_models(paths: dict[str, Path], engine: str = "fast") -> dict[str, Model
         if want is not None and classifier.width != want:
             raise ModelFileError(f"{path}: reads 28x{classifier.width} images, but --{name} "
                                  f"needs a {'one' if want == 28 else 'two'}-digit model (28x{want})")
-        models[name] = Model(classifier, threading.Lock())
+        models[name] = Model(classifier, threading.Lock(), explaining.reference_copy(classifier.net))
     return models
 
 
@@ -123,8 +135,9 @@ def _option(query: dict, fields: dict, name: str, default):
     return default
 
 
-def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
-    """One image through the same path as `nn predict`. -> the response object."""
+def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: bool = False) -> dict:
+    """One image through the same path as `nn predict`. -> the response object; with `explain`,
+    from the layers view's pass, plus "layers", "saliency" and "saliency_max"."""
     if not isinstance(model, str) or model not in models:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
     if isinstance(top_k, str) and top_k.isdigit():
@@ -141,8 +154,16 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
         raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
     except ImageError as e:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    view = {}
     with m.lock:
-        top = rank(m.classifier, x[None], top_k)[0]
+        if explain:
+            trace = explaining.explain(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization))
+            order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
+            top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
+        else:
+            top = rank(m.classifier, x[None], top_k)[0]
+    if explain:
+        view = explaining.view_json(trace, m.classifier.classes)
     if diag.touches_edge:
         warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
     if diag.split == "halves":
@@ -158,7 +179,26 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k) -> dict:
             "split": diag.split,
             "warnings": warnings,
         },
+        **view,
     }
+
+
+def kernel(models: dict[str, Model], query: dict) -> dict:
+    """GET /api/kernel's answer: one output channel's kernel of a Conv2d layer."""
+    model = _option(query, {}, "model", "cnn")
+    if model not in models:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
+    numbers = {}
+    for name in ("layer", "channel"):
+        value = _option(query, {}, name, "")
+        if not value.isdigit():
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer >= 0, not {value!r}")
+        numbers[name] = int(value)
+    try:
+        return {"model": model, **explaining.kernel_json(models[model].reference, **{
+            "index": numbers["layer"], "channel": numbers["channel"]})}
+    except ValueError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
 
 def health(models: dict[str, Model]) -> dict:
@@ -208,9 +248,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         start = time.perf_counter()
+        self._started = time.monotonic()  # the body's read deadline counts from here
         url = urlsplit(self.path)
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
-                  "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict)}
+                  "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
+                  "/api/explain": ("POST", self._explain), "/api/kernel": ("GET", self._kernel),
+                  **{f"/docs/{page}": ("GET", self._doc) for page in DOC_PAGES}}
         try:
             if url.path not in routes:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"not found: {url.path}")
@@ -220,13 +263,21 @@ class Handler(BaseHTTPRequestHandler):
             status, content_type, body = handle(parse_qs(url.query))
         except RequestError as e:
             status, content_type, body = e.status, "application/json", _json({"error": str(e)})
+        except ConnectionError as e:  # the client went away mid-request: nobody to answer
+            self.log_error("%s %s: client gone (%s)", method, url.path, type(e).__name__)
+            self.close_connection = True
+            return
         except Exception:  # noqa: BLE001 -- a bug must cost one request, not the server
             self.log_error("%s", traceback.format_exc().rstrip())
             status, content_type, body = (HTTPStatus.INTERNAL_SERVER_ERROR, "application/json",
                                           _json({"error": "internal error (see the server's log)"}))
             self.close_connection = True
         # logged before the answer goes out, so the line is there when the client has its answer
-        self.server.log(f"{method} {url.path} {int(status)} {(time.perf_counter() - start) * 1e3:.0f} ms")
+        line = f"{method} {url.path} {int(status)} {(time.perf_counter() - start) * 1e3:.0f} ms"
+        if status == HTTPStatus.REQUEST_TIMEOUT:
+            self.log_error("%s", line)  # a slow client: its one line, even when quiet
+        else:
+            self.server.log(line)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -247,7 +298,7 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(health(self.server.models))
 
-    def _predict(self, query) -> tuple[HTTPStatus, str, bytes]:
+    def _predict(self, query, explain: bool = False) -> tuple[HTTPStatus, str, bytes]:
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc != self.headers.get("Host"):
             self.close_connection = True  # the body is not read
@@ -255,7 +306,19 @@ class Handler(BaseHTTPRequestHandler):
         image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
         model = _option(query, fields, "model", "cnn")
         top_k = _option(query, fields, "top_k", DEFAULT_TOP_K)
-        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k))
+        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k, explain))
+
+    def _explain(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return self._predict(query, explain=True)
+
+    def _kernel(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return HTTPStatus.OK, "application/json", _json(kernel(self.server.models, query))
+
+    def _doc(self, query) -> tuple[HTTPStatus, str, bytes]:
+        path = DOCS / urlsplit(self.path).path.removeprefix("/docs/")  # one of DOC_PAGES: routed by exact path
+        if not path.is_file():
+            raise RequestError(HTTPStatus.NOT_FOUND, f"{path.name} is not here (the guide is in a source checkout)")
+        return HTTPStatus.OK, "text/markdown; charset=utf-8", path.read_bytes()
 
     def _body(self) -> bytes:
         """The request body, refused before reading if it is too large or has no length."""
@@ -270,11 +333,32 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body of {int(length):,} bytes is over the limit of {MAX_BODY:,}")
-        body = self.rfile.read(int(length))
+        body = self._read(int(length), deadline=self._started + self.timeout)
         if len(body) < int(length):
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
         return body
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        """Up to n bytes of the body, all by `deadline` (time.monotonic()): a client that sends a
+        byte now and then cannot hold its thread, as a timeout per read would let it."""
+        chunks, left = [], n
+        try:
+            while left:
+                if (wait := deadline - time.monotonic()) <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(wait)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    break  # the client closed: the caller sees a short body
+                chunks.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {self.timeout} s") from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        return b"".join(chunks)
 
     def log_request(self, code="-", size="-") -> None:
         pass  # _dispatch logs each request with its time instead
@@ -291,6 +375,7 @@ class Server(ThreadingHTTPServer):
     """The demo's HTTP server: the loaded models and the page, shared by all request threads."""
 
     daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
+    request_queue_size = LISTEN_QUEUE
 
     def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
         self.models = models
@@ -298,6 +383,14 @@ class Server(ThreadingHTTPServer):
         self.quiet = quiet
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client's reset or timeout outside a request's handling: one line; a bug: the traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            print(f"{client_address[0]}: connection dropped ({type(error).__name__})", file=sys.stderr, flush=True)
+        else:
+            super().handle_error(request, client_address)
 
     def log(self, line: str) -> None:
         if not self.quiet:

@@ -1,0 +1,395 @@
+"""What every layer of a model computes on one image, and which pixels decided it.
+
+    trace = explain(net, x)          # x: (1, 28, W, 1) normalized; one inference-mode forward
+    trace.outputs[i]                 # layer i's output for this image: (rows, ...), rows = 2 after Tiles
+    trace.saliency                   # (28, W): d(top class's score) / d(input), by our own backward
+    view_json(trace, classes)        # what `POST /api/explain` returns (maps as PNG data URLs)
+    sheet(trace, image, classes)     # the same as one Pillow picture (`nn explain`)
+
+The forward is the reference layers' (`nn.layers`), on a private copy of the model: the layers
+keep a cache for backward only when `training` is true, so the layers whose training forward is
+their inference forward (Linear, Conv2d, ReLU, MaxPool2d, Flatten, Tiles, Untile, OuterSum) run
+with training=True, and the two that differ (Dropout, BatchNorm) run in inference mode, where
+each is a fixed per-channel scale whose backward is `dout * scale`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from nn.fast.threads import single_threaded_blas
+from nn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, \
+    OuterSum, ReLU, Tiles, Untile
+from nn.losses import softmax
+from nn.mnist.pictures import _font, png_bytes
+from nn.model import Sequential
+
+CACHED = (Linear, Conv2d, MaxPool2d, ReLU, Flatten, Tiles, Untile, OuterSum)  # training forward == inference
+SCALED = (Dropout, BatchNorm1d, BatchNorm2d)  # inference forward is x * scale (+ shift) per channel
+MAP_COLUMNS = 8  # channels per row of a layer's map atlas
+
+# Each known layer: its formula (plain text) and the guide's page that derives it.
+LAYER_DOCS = {
+    "Linear": ("y = x·W + b", "01-linear-relu.md"),
+    "ReLU": ("y = max(0, x)", "01-linear-relu.md"),
+    "Flatten": ("y = x as one vector, (H, W, C) order", "01-linear-relu.md"),
+    "Conv2d": ("y[i,j,c] = b[c] + Σ_u,v,k x[i+u, j+v, k] · W[u,v,k,c]", "03-conv2d.md"),
+    "MaxPool2d": ("y[i,j,c] = max of x over the k×k window at (i, j)", "04-maxpool.md"),
+    "Dropout": ("y = x (inference: dropout is off)", "05-dropout-batchnorm.md"),
+    "BatchNorm1d": ("y = γ · (x − μ_run) / √(σ²_run + ε) + β", "05-dropout-batchnorm.md"),
+    "BatchNorm2d": ("y = γ · (x − μ_run) / √(σ²_run + ε) + β", "05-dropout-batchnorm.md"),
+    "Tiles": ("the 28×56 pair → two 28×28 digits, read by the same network", "02-softmax-cross-entropy.md"),
+    "Untile": ("each digit's 10 scores side by side; p(digit) = softmax(scores)", "02-softmax-cross-entropy.md"),
+    "OuterSum": ("score(ab) = s₁(a) + s₂(b), so p(ab) = p₁(a) · p₂(b)", "02-softmax-cross-entropy.md"),
+}
+
+
+@dataclass
+class Trace:
+    """One image through a model: each layer's output, the logits' softmax and the saliency."""
+
+    net: Sequential
+    input: np.ndarray            # (1, H, W, 1) the normalized input
+    outputs: list[np.ndarray]    # layer i's output, (rows, ...): rows = tiles per image
+    proba: np.ndarray            # (K,) softmax of the last output
+    saliency: np.ndarray | None  # (H, W) d(score of the top class)/d(input); None if a layer has no backward here
+
+    @property
+    def top(self) -> int:
+        return int(self.proba.argmax())
+
+
+def reference_copy(net: Sequential) -> Sequential:
+    """The plain reference layers with `net`'s weights (whatever engine `net` runs on)."""
+    copy = Sequential.from_spec(net.spec, np.random.default_rng(0))  # rng: Dropout's, never drawn here
+    copy.load_state_dict(net.state_dict())
+    return copy
+
+
+def _scale(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """d(output)/d(input) of a SCALED layer in inference mode, broadcastable against x."""
+    if isinstance(layer, Dropout):
+        return np.ones(1, x.dtype)
+    return layer.params["gamma"] / np.sqrt(layer.buffers["running_var"] + layer.eps)  # (C,)
+
+
+def explain(net: Sequential, x: np.ndarray) -> Trace:
+    """Run one image x: (1, H, W, 1) through the reference layers `net` (see reference_copy) in
+    inference mode, keep every layer's output, then backward the top class's score to the input."""
+    if x.shape[0] != 1:
+        raise ValueError(f"explain takes one image, got a batch of {x.shape[0]}")
+    with single_threaded_blas():  # one image: BLAS threads cost more than they give (2x under load)
+        return _explain(net, x)
+
+
+def _explain(net: Sequential, x: np.ndarray) -> Trace:
+    outputs, scales, backward_ok = [], [], True
+    h = x
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, CACHED):
+            h = layer.forward(h, training=True)  # the same numbers as training=False, plus the cache
+            scales.append(None)
+        else:
+            if isinstance(layer, SCALED):
+                scales.append(_scale(layer, h))
+            else:
+                backward_ok = False  # a layer this module does not know: outputs only
+                scales.append(None)
+            h = layer.forward(h, training=False)
+        outputs.append(h)
+    proba = softmax(h.astype(np.float64))[0]
+    saliency = None
+    if backward_ok:
+        dout = np.zeros_like(h)
+        dout[0, proba.argmax()] = 1  # d(score of the top class)/d(logits)
+        for layer, scale in zip(reversed(net.layers), reversed(scales)):
+            dout = dout * scale if scale is not None else layer.backward(dout)
+        saliency = dout[0, :, :, 0]
+    return Trace(net=net, input=x, outputs=outputs, proba=proba, saliency=saliency)
+
+
+# --- pictures ---------------------------------------------------------------------------
+
+
+def _gray(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((a - lo) * (255 / (hi - lo if hi > lo else 1)), 0, 255).astype(np.uint8)
+
+
+def map_atlas(maps: np.ndarray, lo: float, hi: float, columns: int = MAP_COLUMNS) -> np.ndarray:
+    """(H, W, C) channel maps -> one grayscale (rows*(H+1)-1, cols*(W+1)-1) uint8 grid, channel c
+    at row c // cols, column c % cols, 1 px gaps (mid-gray), values lo..hi as black..white."""
+    h, w, c = maps.shape
+    cols = min(columns, c)
+    rows = -(-c // cols)
+    atlas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 128, np.uint8)
+    g = _gray(maps, lo, hi)
+    for ch in range(c):
+        r, q = divmod(ch, cols)
+        atlas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = g[:, :, ch]
+    return atlas
+
+
+def saliency_rgba(saliency: np.ndarray) -> np.ndarray:
+    """(H, W) gradient -> (H, W, 4) uint8: red where more ink raises the score, blue where it
+    lowers it, opacity |g| / max |g|."""
+    m = float(np.abs(saliency).max()) or 1.0
+    a = saliency / m
+    rgba = np.zeros((*a.shape, 4), np.uint8)
+    rgba[..., 0] = np.where(a > 0, 255, 40)
+    rgba[..., 1] = np.where(a > 0, 60, 120)
+    rgba[..., 2] = np.where(a > 0, 40, 255)
+    rgba[..., 3] = np.round(np.abs(a) * 255)
+    return rgba
+
+
+def data_url(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+
+
+def _previous_conv(net: Sequential, i: int) -> int | None:
+    """The Conv2d whose channels layer i's maps are (itself, or the last one before it)."""
+    for j in range(i, -1, -1):
+        if isinstance(net.layers[j], Conv2d):
+            return j
+        if not isinstance(net.layers[j], (ReLU, MaxPool2d, BatchNorm2d, Dropout)):
+            return None
+    return None
+
+
+def _untile_probs(trace: Trace, i: int) -> np.ndarray:
+    """(parts, F) softmax of each tile's scores, from Untile's output at index i."""
+    layer = trace.net.layers[i]
+    return softmax(trace.outputs[i].reshape(layer.parts, -1).astype(np.float64))
+
+
+def _pair_top(trace: Trace, i: int, classes: list[str], k: int = 3) -> list[dict]:
+    """OuterSum at i after an Untile: the k best pairs, each with its two digits' probabilities."""
+    proba = softmax(trace.outputs[i].astype(np.float64))[0]
+    digits = _untile_probs(trace, i - 1) if i and isinstance(trace.net.layers[i - 1], Untile) else None
+    rows = []
+    for c in np.argsort(-proba, kind="stable")[:k]:
+        row = {"label": classes[c] if c < len(classes) else str(c), "probability": round(float(proba[c]), 6)}
+        if digits is not None:
+            a, b = divmod(int(c), digits.shape[1])
+            row["digits"] = [{"label": str(a), "probability": round(float(digits[0, a]), 6)},
+                             {"label": str(b), "probability": round(float(digits[1, b]), 6)}]
+        rows.append(row)
+    return rows
+
+
+def layer_views(trace: Trace, classes: list[str]) -> list[dict]:
+    """Each layer's output as the layers view shows it (the JSON of `POST /api/explain`)."""
+    views = []
+    known = all(type(layer).__name__ in LAYER_DOCS for layer in trace.net.layers)
+    for i, (layer, out) in enumerate(zip(trace.net.layers, trace.outputs)):
+        name = type(layer).__name__
+        view = {"index": i, "type": name, "spec": layer.spec(), "shape": list(out.shape[1:]),
+                "tiles": len(out)}
+        if not known:  # a model the view does not know: a plain list of outputs
+            view.update(kind="list", min=float(out.min()), max=float(out.max()), mean=float(out.mean()))
+        elif out.ndim == 4:
+            lo, hi = float(out.min()), float(out.max())
+            view.update(kind="maps", channels=out.shape[3], columns=min(MAP_COLUMNS, out.shape[3]),
+                        range=[lo, hi], kernel=_previous_conv(trace.net, i),
+                        maps=[data_url(Image.fromarray(map_atlas(t, lo, hi))) for t in out])
+        elif name == "Untile":
+            view.update(kind="digits", scores=np.round(out.reshape(layer.parts, -1), 4).tolist(),
+                        probabilities=np.round(_untile_probs(trace, i), 6).tolist())
+        elif name == "OuterSum":
+            view.update(kind="pairs", scores=np.round(out[0], 4).tolist(), top=_pair_top(trace, i, classes))
+        elif name == "Flatten":
+            view.update(kind="flat")  # the maps above as one vector: nothing new to draw
+        else:
+            view.update(kind="bars", values=np.round(out, 4).tolist())
+            if i == len(trace.outputs) - 1 and out.shape[1] == len(classes) <= 20:
+                view["labels"] = classes  # the scores of the classes
+        if name in LAYER_DOCS:
+            view["formula"], view["doc"] = LAYER_DOCS[name]
+        views.append(view)
+    return views
+
+
+def view_json(trace: Trace, classes: list[str]) -> dict:
+    """Every layer's view, the saliency (PNG data URL, RGBA to lay over the input) and its scale."""
+    sal = trace.saliency
+    return {
+        "layers": layer_views(trace, classes),
+        "saliency": None if sal is None else data_url(Image.fromarray(saliency_rgba(sal), "RGBA")),
+        "saliency_max": None if sal is None else float(np.abs(sal).max()),
+        "top": classes[trace.top] if trace.top < len(classes) else str(trace.top),
+    }
+
+
+def kernel_json(net: Sequential, index: int, channel: int) -> dict:
+    """Output channel `channel` of the Conv2d at `index`: its weights (C_in, kh, kw), its bias and
+    a picture of its C_in kernels (red positive, blue negative). ValueError if there is none."""
+    if not 0 <= index < len(net.layers) or not isinstance(net.layers[index], Conv2d):
+        raise ValueError(f"layer {index} is not a Conv2d")
+    w = net.layers[index].params["W"]  # (kh, kw, C_in, C_out)
+    if not 0 <= channel < w.shape[3]:
+        raise ValueError(f"channel must be from 0 to {w.shape[3] - 1}, not {channel}")
+    k = w[:, :, :, channel].transpose(2, 0, 1)  # (C_in, kh, kw)
+    bias = net.layers[index].params.get("b")
+    m = float(np.abs(k).max()) or 1.0
+    pos, neg = np.clip(k / m, 0, 1), np.clip(-k / m, 0, 1)
+    rgb = np.stack([255 - 200 * neg, 255 - 200 * (pos + neg), 255 - 200 * pos], axis=-1)  # (C_in, kh, kw, 3)
+    cols = min(MAP_COLUMNS, len(k))
+    rows = -(-len(k) // cols)
+    kh, kw = k.shape[1:]
+    atlas = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1, 3), 160, np.uint8)
+    for c in range(len(k)):
+        r, q = divmod(c, cols)
+        atlas[r * (kh + 1):r * (kh + 1) + kh, q * (kw + 1):q * (kw + 1) + kw] = rgb[c].astype(np.uint8)
+    strongest = int(np.abs(k).reshape(len(k), -1).sum(axis=1).argmax())
+    return {"layer": index, "channel": channel, "weights": np.round(k, 4).tolist(),
+            "bias": None if bias is None else round(float(bias[channel]), 4), "strongest": strongest,
+            "columns": cols, "picture": data_url(Image.fromarray(atlas, "RGB")),
+            "formula": LAYER_DOCS["Conv2d"][0], "doc": LAYER_DOCS["Conv2d"][1]}
+
+
+# --- the sheet (`nn explain`) ------------------------------------------------------------
+
+SHEET_WIDTH = 1000  # px; rows wrap their pictures to this width
+PAD = 10
+# Pillow's default font has no glyphs for these: the sheet spells them in ASCII
+ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2",
+                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
+
+
+def _text(lines: list[str], width: int) -> Image.Image:
+    im = Image.new("RGB", (width, 16 * len(lines) + 4), "white")
+    d = ImageDraw.Draw(im)
+    for n, line in enumerate(lines):
+        d.text((0, 2 + 16 * n), line.translate(ASCII), font=_font(13), fill="black")
+    return im
+
+
+def _inked(image: np.ndarray, scale: int) -> Image.Image:
+    """(H, W) uint8 light-on-dark MNIST image -> black on white RGB, scaled."""
+    im = Image.fromarray(255 - image).convert("RGB")
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+
+
+def _bars(values: np.ndarray, width: int, height: int, labels: list[str] | None = None) -> Image.Image:
+    """A bar chart of a vector (values >= 0 up, < 0 down from a zero line)."""
+    im = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(im)
+    n = len(values)
+    top = max(float(values.max()), 0.0)
+    bottom = min(float(values.min()), 0.0)
+    span = (top - bottom) or 1.0
+    label_h = 12 if labels else 0
+    plot_h = height - label_h
+    zero = plot_h * top / span
+    step = width / n
+    for j, v in enumerate(values):
+        y = zero - plot_h * v / span
+        x0, x1 = j * step, max(j * step, (j + 1) * step - (1 if step >= 3 else 0))
+        d.rectangle((x0, min(y, zero), x1, max(y, zero)), fill=(47, 91, 211) if v >= 0 else (181, 71, 8))
+        if labels:
+            d.text((x0 + step / 2, height - 1), labels[j], anchor="md", fill="black", font=_font(10))
+    d.line((0, zero, width, zero), fill=(170, 170, 170))
+    return im
+
+
+def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Image]:
+    layer, out = trace.net.layers[i], trace.outputs[i]
+    name = type(layer).__name__
+    if out.ndim == 4:
+        lo, hi = float(out.min()), float(out.max())
+        scale = 3 if out.shape[3] == 1 else 2 if out.shape[1] <= 14 else 1
+        atlases = [Image.fromarray(map_atlas(t, lo, hi)).convert("RGB") for t in out]
+        return [a.resize((a.width * scale, a.height * scale), Image.NEAREST) for a in atlases]
+    if name == "Untile" and name in LAYER_DOCS:
+        probs = _untile_probs(trace, i)
+        return [_bars(p, 200, 70, [str(d) for d in range(len(p))]) for p in probs]
+    if name == "OuterSum" and name in LAYER_DOCS:
+        proba = softmax(out.astype(np.float64))[0]
+        k = int(round(np.sqrt(len(proba))))
+        grid = (255 - 255 * np.sqrt(proba.reshape(k, k))).astype(np.uint8) if k * k == len(proba) \
+            else (255 - 255 * proba[None]).astype(np.uint8)
+        im = Image.fromarray(grid).convert("RGB")
+        lines = ["p(ab) of all pairs: first digit down, second across (dark: likely)"]
+        for t in _pair_top(trace, i, classes):
+            if "digits" in t:
+                (a, pa), (b, pb) = ((d["label"], d["probability"]) for d in t["digits"])
+                lines.append(f"{t['label']}: p({a}) x p({b}) = {pa:.3f} x {pb:.3f} = {t['probability']:.3f}")
+            else:
+                lines.append(f"{t['label']}: {t['probability']:.3f}")
+        return [im.resize((im.width * 12, im.height * 12), Image.NEAREST), _text(lines, 520)]
+    if out.ndim == 2 and name != "Flatten":
+        labels = classes if i == len(trace.outputs) - 1 and out.shape[1] == len(classes) <= 20 else None
+        return [_bars(row, min(SHEET_WIDTH // len(out) - 2 * PAD, max(200, 2 * out.shape[1])), 62 if labels else 50,
+                      labels) for row in out]
+    return []
+
+
+def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") -> Image.Image:
+    """The layers view as one picture: the input and its saliency, then one band per layer
+    (its maps per tile, bars, digit or pair probabilities), then the prediction. image: (H, W) uint8."""
+    font, small = _font(14), _font(11)
+    bands: list[tuple[str, list[Image.Image]]] = []
+    inp = _inked(image, 4)
+    over = Image.fromarray(saliency_rgba(trace.saliency), "RGBA").resize(inp.size, Image.NEAREST) \
+        if trace.saliency is not None else None
+    sal = inp.copy()
+    if over is not None:
+        sal.paste(over, (0, 0), over)
+    bands.append(("input (as the network sees it)  ·  saliency: red raises the top score, blue lowers it",
+                  [inp, sal] if over is not None else [inp]))
+    for i, layer in enumerate(trace.net.layers):
+        out = trace.outputs[i]
+        shape = "×".join(map(str, out.shape[1:]))
+        tiles = f" per digit ×{len(out)}" if len(out) > 1 else ""
+        caption = f"{i}  {layer!r}  →  {shape}{tiles}"
+        if type(layer).__name__ in LAYER_DOCS:
+            caption += f"     {LAYER_DOCS[type(layer).__name__][0]}"
+        bands.append((caption, _layer_pictures(trace, i, classes)))
+    top = [(classes[c] if c < len(classes) else str(c), trace.proba[c])
+           for c in np.argsort(-trace.proba, kind="stable")[:3]]
+    verdict = "  ".join(f"{label} {p:.1%}" for label, p in top)
+    # layout: each band a caption line, then its pictures left to right, wrapping at the width
+    placed, y = [], PAD + 24
+    for caption, pics in bands:
+        placed.append(("text", caption.translate(ASCII), (PAD, y)))
+        y += 18
+        x, row_h = PAD, 0
+        for pic in pics:
+            if x > PAD and x + pic.width > SHEET_WIDTH - PAD:
+                x, y, row_h = PAD, y + row_h + PAD, 0
+            placed.append(("image", pic, (x, y)))
+            x += pic.width + PAD
+            row_h = max(row_h, pic.height)
+        y += row_h + PAD
+    height = y + 30
+    out = Image.new("RGB", (SHEET_WIDTH, height), "white")
+    d = ImageDraw.Draw(out)
+    d.text((PAD, PAD), (title or "nn explain").translate(ASCII), font=font, fill="black")
+    for kind, what, pos in placed:
+        if kind == "text":
+            d.text(pos, what, font=small, fill=(60, 60, 60))
+        else:
+            out.paste(what, pos)
+    d.text((PAD, height - 22), f"reads {verdict}", font=font, fill="black")
+    return out
+
+
+def explain_file(image: str | os.PathLike, model: str | os.PathLike) -> tuple[Image.Image, str, float]:
+    """`nn explain`: read `image` as `nn predict` does, run it through the model at `model`.
+    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not."""
+    from nn.mnist.classify import load_classifier
+    from nn.mnist.modelfile import normalize
+    from nn.mnist.preprocess import preprocess
+
+    classifier = load_classifier(model, engine="reference")
+    x = preprocess(image, classifier.width)  # (28, W) uint8
+    trace = explain(classifier.net, normalize(x[None], classifier.info.normalization))
+    label, p = classifier.classes[trace.top], float(trace.proba[trace.top])
+    title = f"nn explain {Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
+    return sheet(trace, x, classifier.classes, title), label, p
