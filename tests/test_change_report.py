@@ -14,9 +14,11 @@ from nn.mnist.change import f1_moves
 def test_f1_moves_lists_the_largest_moves_first():
     base = pd.DataFrame({"class": ["0", "1", "2"], "f1": [0.9, 0.8, 0.7]})
     head = pd.DataFrame({"class": ["0", "1", "2"], "f1": [0.91, 0.7, 0.7]})
-    moves = f1_moves(base, head, top=2)
+    moves = f1_moves(base, head, top=5)  # class 2 did not move
     assert moves["class"].tolist() == ["1", "0"]
     assert moves["delta"].round(4).tolist() == [-0.1, 0.01]
+    assert f1_moves(base, head, top=1)["class"].tolist() == ["1"]
+    assert f1_moves(None, head, top=5)["base"].isna().all()
 
 
 @pytest.fixture

@@ -40,15 +40,25 @@ def git_show(root: Path, rev: str, path: str) -> bytes | None:
 
 
 def f1_moves(base: pd.DataFrame | None, head: pd.DataFrame, top: int) -> pd.DataFrame:
-    """The `top` classes whose F1 moved most: class, F1 base, F1 change, delta (largest |delta| first)."""
+    """Up to `top` classes whose F1 moved, largest |delta| first: class, base, change, delta.
+    With no base table, every class is new (base and delta NaN)."""
     head = head.set_index("class")["f1"].rename("change")
     if base is None:
         table = head.to_frame().assign(base=float("nan"))
     else:
         table = base.set_index("class")["f1"].rename("base").to_frame().join(head, how="outer")
     table["delta"] = table["change"] - table["base"]
+    table = table[(table["delta"] != 0) | table["delta"].isna()]
     order = table["delta"].abs().sort_values(ascending=False, kind="stable").index
     return table.loc[order, ["base", "change", "delta"]].head(top).reset_index()
+
+
+def _f1_section(moves: pd.DataFrame, label: str) -> list[str]:
+    if moves.empty:
+        return ["No class's F1 moved.", ""]
+    rows = [f"| {c} | {b:.4f} | {h:.4f} | {d:+.4f} |" for c, b, h, d in moves.itertuples(index=False)]
+    return [f"Classes whose F1 moved most ({label} -> change):", "",
+            f"| class | F1 {label} | F1 change | delta |", "| ---: | ---: | ---: | ---: |", *rows, ""]
 
 
 def _curves(name: str, base: pd.DataFrame | None, head: pd.DataFrame, label: str):
@@ -82,23 +92,19 @@ def change_report(root: Path, base: str, out: Path, top: int = 5) -> Path:
         raise ChangeReportError(f"unknown git revision '{base}'")
     models = sorted(p.parent.name for p in (root / "reports").glob("*/per_class.csv"))
     if not models:
-        raise ChangeReportError("no reports/*/per_class.csv in the workspace: run `make repro` first")
+        raise ChangeReportError("no reports/*/per_class.csv in the workspace (make repro)")
     label = base.removeprefix("origin/")
     out.mkdir(parents=True, exist_ok=True)
+    params = _dvc(root, "params", "diff", base, "--md")
+    metrics = _dvc(root, "metrics", "diff", base, "--md")
     md = [f"# This change against {label}", "",
-          "## Params", "", _table_or(_dvc(root, "params", "diff", base, "--md"), "No param changed."), "",
-          "## Metrics", "", _table_or(_dvc(root, "metrics", "diff", base, "--md"), "No metric changed."),
-          ""]
+          "## Params", "", _table_or(params, "No param changed."), "",
+          "## Metrics", "", _table_or(metrics, "No metric changed."), ""]
     for name in models:
-        moves = f1_moves(_csv_at(root, base, f"reports/{name}/per_class.csv"),
-                         pd.read_csv(root / "reports" / name / "per_class.csv", dtype={"class": str}),
-                         top)
-        moves = moves[(moves["delta"].abs() > 0) | moves["delta"].isna()]
-        md += [f"## {name}", ""] + ([
-            f"Classes whose F1 moved most ({label} -> change):", "",
-            f"| class | F1 {label} | F1 change | delta |", "| ---: | ---: | ---: | ---: |",
-            *(f"| {r.cls} | {r.base:.4f} | {r.change:.4f} | {r.delta:+.4f} |"
-              for r in moves.rename(columns={"class": "cls"}).itertuples()), ""] if len(moves) else ["No class's F1 moved.", ""])
+        per_class = f"reports/{name}/per_class.csv"
+        moves = f1_moves(_csv_at(root, base, per_class),
+                         pd.read_csv(root / per_class, dtype={"class": str}), top)
+        md += [f"## {name}", "", *_f1_section(moves, label)]
         history = root / "reports" / name / "history.csv"
         if history.is_file():
             chart = _curves(name, _csv_at(root, base, f"reports/{name}/history.csv"),
@@ -108,12 +114,12 @@ def change_report(root: Path, base: str, out: Path, top: int = 5) -> Path:
         confusion = root / "reports" / name / "confusion.png"
         old = git_show(root, base, f"reports/{name}/confusion.png")
         if confusion.is_file() and old is not None:
-            write_bytes(out / f"{name}-confusion-{label.replace('/', '-')}.png", old)
-            write_bytes(out / f"{name}-confusion-change.png", confusion.read_bytes())
-            md += [f"| {label} | change |", "| --- | --- |",
-                   f"| ![]({name}-confusion-{label.replace('/', '-')}.png) "
-                   f"| ![]({name}-confusion-change.png) |", ""]
+            was, now = f"{name}-confusion-{label.replace('/', '-')}.png", f"{name}-confusion-change.png"
+            write_bytes(out / was, old)
+            write_bytes(out / now, confusion.read_bytes())
+            md += [f"| {label} | change |", "| --- | --- |", f"| ![]({was}) | ![]({now}) |", ""]
     _dvc(root, "plots", "diff", base, "-o", str((out / "plots").resolve()))
-    md += [f"Interactive plots, {label} and change: `dvc plots diff {base}` ({out.name}/plots/index.html)."]
+    md += [f"Interactive plots, {label} and change: `dvc plots diff {base}` "
+           f"({out.name}/plots/index.html)."]
     write_bytes(out / "README.md", ("\n".join(md) + "\n").encode())
     return out / "README.md"

@@ -69,7 +69,7 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, stdin=subprocess.DEVNULL)
 
 
-# (pattern in DVC's output, problem) in the order they are tried; {0} is the endpoint or bucket.
+# (pattern in DVC's output, problem), tried in order; {0}: the endpoint, {bucket}: the bucket.
 PROBLEMS = [
     (r"Could not connect to the endpoint URL: \"?(\w+://[^/\"]+)", "cannot reach the endpoint {0}"),
     (r"(?:Unable to locate credentials|NoCredentialsError)", "no keys (set AWS_ACCESS_KEY_ID and "
