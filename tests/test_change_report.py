@@ -63,3 +63,16 @@ def test_an_unknown_base_is_one_line(changed):
     proc = nn(changed, "change-report", "--base", "no-such-branch")
     assert proc.returncode == 1
     assert proc.stderr == "error: change-report: unknown git revision 'no-such-branch'\n"
+
+
+def test_a_base_dvc_cannot_read_is_one_line_not_a_column_of_dashes(changed):
+    # The remote's URL added to .dvc/config after the base, its endpoint in .dvc/config.local:
+    # DVC cannot read the base's config (a remote without a URL) and would print "-" for it.
+    with open(changed / ".dvc" / "config", "a") as f:
+        f.write("['remote \"storage\"']\n    url = s3://mnist-dvc/cache\n")
+    (changed / ".dvc" / "config.local").write_text(
+        "['remote \"storage\"']\n    endpointurl = http://127.0.0.1:9\n")
+    proc = nn(changed, "change-report", "--base", "main")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: change-report: dvc params diff: failed to load"), proc.stderr
+    assert "expected 'url'" in proc.stderr

@@ -26,10 +26,14 @@ def _run(root: Path, *cmd: str) -> subprocess.CompletedProcess:
 
 
 def _dvc(root: Path, *args: str) -> str:
+    """DVC's output; a failure, or a revision it could not read (a warning, and a column of
+    dashes that would look like a result), is a ChangeReportError."""
     proc = _run(root, sys.executable, "-m", "dvc", *args)
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines() or ["failed"]
-        raise ChangeReportError(f"dvc {args[0]} {args[1]}: {lines[0].removeprefix('ERROR: ')}")
+    lines = proc.stderr.decode(errors="replace").strip().splitlines()
+    failed = [x for x in lines if x.startswith("ERROR: ") or "failed to load" in x]
+    if proc.returncode != 0 or failed:
+        first = (failed or lines or ["failed"])[0].removeprefix("ERROR: ").removeprefix("WARNING: ")
+        raise ChangeReportError(f"dvc {args[0]} {args[1]}: {first}")
     return proc.stdout.decode().strip()
 
 
