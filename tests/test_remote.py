@@ -194,6 +194,15 @@ def test_a_bad_remote_is_one_line_and_writes_nothing(origin, s3, tmp_path, case,
         assert run(clone, "git", "status", "--porcelain").stdout == ""
 
 
+def test_a_push_with_wrong_keys_is_one_line(origin, s3, tmp_path):
+    clone = fresh_clone(origin, s3, tmp_path)
+    nn(clone, "pull")
+    with_keys(clone, s3, secret_access_key="not-the-secret")
+    proc = nn(clone, "push", ok=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: push: remote 'storage' ({URL}): access denied"), proc.stderr
+
+
 def test_a_remote_missing_an_object_gives_the_rest_and_make_repro_trains_that_one(
         origin, s3, tmp_path):
     clone = fresh_clone(origin, s3, tmp_path, keys=False)
