@@ -352,7 +352,8 @@ def tune(
                    f"`dvc exp branch {f['name']} {f['name']}`")
 
 
-EXIT_REMOTE = 1  # the transfer or report failed (one line says why); what did arrive is checked out
+EXIT_REMOTE = 1  # the transfer failed (one line says why); what did arrive is checked out
+EXIT_REPORT = 1  # the change report cannot be made (one line says why)
 
 
 @app.command()
@@ -395,8 +396,8 @@ def push(
 @app.command("change-report")
 def change_report(
     base: Annotated[str, typer.Option(help="The git revision to compare with.")] = "main",
-    out: Annotated[Path, typer.Option(help="Folder for README.md, its pictures and plots/.")]
-        = Path("change-report"),
+    out: Annotated[Path, typer.Option(help="Folder for README.md, its pictures, plots/.")] = Path(
+        "change-report"),
     top: Annotated[int, typer.Option(min=1, help="Classes listed per model.")] = 5,
 ) -> None:
     """What the workspace's results changed against BASE, as Markdown for a pull request.
@@ -412,7 +413,7 @@ def change_report(
         typer.echo(f"change-report: {run(Path.cwd(), base, out, top)}")
     except ChangeReportError as e:
         _fail(f"change-report: {e}")
-        raise typer.Exit(EXIT_REMOTE) from None
+        raise typer.Exit(EXIT_REPORT) from None
 
 
 if __name__ == "__main__":
