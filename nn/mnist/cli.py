@@ -352,5 +352,69 @@ def tune(
                    f"`dvc exp branch {f['name']} {f['name']}`")
 
 
+EXIT_REMOTE = 1  # the transfer failed (one line says why); what did arrive is checked out
+EXIT_REPORT = 1  # the change report cannot be made (one line says why)
+
+
+@app.command()
+def pull(
+    run_cache: Annotated[bool, typer.Option(help="Also the run-cache's entries: `dvc repro --pull` "
+                                                 "restores runs made elsewhere instead of rerunning "
+                                                 "them.")] = False,
+) -> None:
+    """Fetch the outputs dvc.lock names from the default DVC remote and check them out.
+
+    A failure is one line naming the remote and the problem (endpoint unreachable, keys
+    refused, bucket missing, outputs missing), exit 1; what did arrive is checked out.
+    """
+    from nn.mnist.remote import RemoteError
+    from nn.mnist.remote import pull as run
+
+    try:
+        typer.echo(run(Path.cwd(), run_cache=run_cache))
+    except RemoteError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_REMOTE) from None
+
+
+@app.command()
+def push(
+    run_cache: Annotated[bool, typer.Option(help="Also the run-cache, so that other clones "
+                                                 "restore these runs instead of rerunning them.")] = False,
+) -> None:
+    """Push the outputs dvc.lock names to the default DVC remote; a failure is one line, exit 1."""
+    from nn.mnist.remote import RemoteError
+    from nn.mnist.remote import push as run
+
+    try:
+        typer.echo(run(Path.cwd(), run_cache=run_cache))
+    except RemoteError as e:
+        _fail(str(e))
+        raise typer.Exit(EXIT_REMOTE) from None
+
+
+@app.command("change-report")
+def change_report(
+    base: Annotated[str, typer.Option(help="The git revision to compare with.")] = "main",
+    out: Annotated[Path, typer.Option(help="Folder for README.md, its pictures, plots/.")] = Path(
+        "change-report"),
+    top: Annotated[int, typer.Option(min=1, help="Classes listed per model.")] = 5,
+) -> None:
+    """What the workspace's results changed against BASE, as Markdown for a pull request.
+
+    OUT/README.md: `dvc params diff` and `dvc metrics diff` against BASE, the classes whose F1
+    moved most, each model's accuracy curves (BASE and change in one chart) and its confusion
+    matrices side by side; OUT/plots/index.html: `dvc plots diff BASE`.
+    """
+    from nn.mnist.change import ChangeReportError
+    from nn.mnist.change import change_report as run
+
+    try:
+        typer.echo(f"change-report: {run(Path.cwd(), base, out, top)}")
+    except ChangeReportError as e:
+        _fail(f"change-report: {e}")
+        raise typer.Exit(EXIT_REPORT) from None
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,78 @@
+"""`nn change-report` on a copy of the committed reports (main) and a changed workspace."""
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from dvcrepo import REPO, copy_repo, git_commit, set_params
+from nn.mnist.change import f1_moves
+
+
+def test_f1_moves_lists_the_largest_moves_first():
+    base = pd.DataFrame({"class": ["0", "1", "2"], "f1": [0.9, 0.8, 0.7]})
+    head = pd.DataFrame({"class": ["0", "1", "2"], "f1": [0.91, 0.7, 0.7]})
+    moves = f1_moves(base, head, top=5)  # class 2 did not move
+    assert moves["class"].tolist() == ["1", "0"]
+    assert moves["delta"].round(4).tolist() == [-0.1, 0.01]
+    assert f1_moves(base, head, top=1)["class"].tolist() == ["1"]
+    assert f1_moves(None, head, top=5)["base"].isna().all()
+
+
+@pytest.fixture
+def changed(tmp_path):
+    """A repo whose main holds the committed reports; the workspace has mlp.epochs=20 and a
+    worse class 3 in the MLP's per-class table."""
+    repo = copy_repo(tmp_path, extra=(".gitignore",))
+    shutil.copytree(REPO / "reports", repo / "reports", dirs_exist_ok=True)
+    subprocess.run(["git", "checkout", "-q", "-b", "main"], cwd=repo, check=True)
+    git_commit(repo)
+    set_params(repo, **{"mlp.epochs": 20})
+    table = pd.read_csv(repo / "reports/mlp/per_class.csv")
+    table.loc[table["class"] == 3, "f1"] -= 0.05
+    table.to_csv(repo / "reports/mlp/per_class.csv", index=False)
+    history = pd.read_csv(repo / "reports/mlp/history.csv")
+    history.head(20).to_csv(repo / "reports/mlp/history.csv", index=False)
+    return repo
+
+
+def nn(repo, *args):
+    return subprocess.run([sys.executable, "-m", "nn.mnist.cli", *args], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_report_has_the_diffs_the_moves_and_the_pictures(changed):
+    proc = nn(changed, "change-report", "--base", "main", "--out", "change-report")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = changed / "change-report"
+    md = (out / "README.md").read_text()
+    assert "# This change against main" in md
+    assert "| params.yaml | mlp.epochs | 40     | 20" in md  # dvc params diff --md
+    assert "No metric changed." in md  # the metrics files are main's
+    mlp = md[md.index("## mlp"):]
+    assert "| 3 | 0.9901 | 0.9401 | -0.0500 |" in mlp and "No class's F1 moved." in md
+    for picture in ("mlp-curves.png", "mlp-confusion-main.png", "mlp-confusion-change.png",
+                    "cnn-curves.png", "cnn-confusion-main.png", "cnn-confusion-change.png"):
+        assert f"]({picture})" in md and (out / picture).stat().st_size > 1000, picture
+    assert (out / "plots" / "index.html").is_file()
+
+
+def test_an_unknown_base_is_one_line(changed):
+    proc = nn(changed, "change-report", "--base", "no-such-branch")
+    assert proc.returncode == 1
+    assert proc.stderr == "error: change-report: unknown git revision 'no-such-branch'\n"
+
+
+def test_a_base_dvc_cannot_read_is_one_line_not_a_column_of_dashes(changed):
+    # The remote's URL added to .dvc/config after the base, its endpoint in .dvc/config.local:
+    # DVC cannot read the base's config (a remote without a URL) and would print "-" for it.
+    with open(changed / ".dvc" / "config", "a") as f:
+        f.write("['remote \"storage\"']\n    url = s3://mnist-dvc/cache\n")
+    (changed / ".dvc" / "config.local").write_text(
+        "['remote \"storage\"']\n    endpointurl = http://127.0.0.1:9\n")
+    proc = nn(changed, "change-report", "--base", "main")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: change-report: dvc params diff: failed to load"), proc.stderr
+    assert "expected 'url'" in proc.stderr
