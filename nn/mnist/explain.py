@@ -189,7 +189,7 @@ def layer_views(trace: Trace, classes: list[str]) -> list[dict]:
     known = all(type(layer).__name__ in LAYER_DOCS for layer in trace.net.layers)
     for i, (layer, out) in enumerate(zip(trace.net.layers, trace.outputs)):
         name = type(layer).__name__
-        view = {"index": i, "type": name, "spec": layer.spec(), "shape": list(out.shape[1:]),
+        view = {"index": i, "type": name, "spec": layer.spec, "shape": list(out.shape[1:]),
                 "tiles": len(out)}
         if not known:  # a model the view does not know: a plain list of outputs
             view.update(kind="list", min=float(out.min()), max=float(out.max()), mean=float(out.mean()))
