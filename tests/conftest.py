@@ -18,6 +18,16 @@ import s3server  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
+# The tests' tiny models of the two tasks, as params.yaml's `layers` lists: an MLP for one
+# 28x28 digit and a CNN for a 28x56 pair (100 classes), small enough to train in a second.
+TINY_MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 32},
+            {"type": "ReLU"}, {"type": "Dropout", "p": 0.1},
+            {"type": "Linear", "in_features": 32, "out_features": 10}]
+TINY_CNN = [{"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3,
+             "padding": "same"},
+            {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
+            {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100}]
+
 
 def png_header(width: int, height: int) -> bytes:
     """A grayscale PNG that declares width x height and holds no pixel data: everything up to

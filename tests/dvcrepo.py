@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TINY_CNN, TINY_MLP
 from datafakes import build_wheel, fake_mnist, idx_files, md5s_of, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,20 +64,7 @@ def dvc(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
-TINY_MODELS = {
-    "mlp.epochs": 1,
-    "mlp.layers": [{"type": "Flatten"},
-                   {"type": "Linear", "in_features": 784, "out_features": 16},
-                   {"type": "ReLU"},
-                   {"type": "Linear", "in_features": 16, "out_features": 10}],
-    "cnn.epochs": 1,
-    "cnn.layers": [{"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3,
-                    "padding": "same"},
-                   {"type": "ReLU"},
-                   {"type": "MaxPool2d", "kernel_size": 2},
-                   {"type": "Flatten"},
-                   {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100}],
-}
+TINY_MODELS = {"mlp.epochs": 1, "mlp.layers": TINY_MLP, "cnn.epochs": 1, "cnn.layers": TINY_CNN}
 
 
 def git_commit(repo: Path) -> None:

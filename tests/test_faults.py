@@ -12,7 +12,6 @@ import contextlib
 import http.server
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ENV, REPO, check_one_line, digit_png, nn_predict
+from conftest import ENV, REPO, TINY_MLP, check_one_line, digit_png, nn_predict
 from datafakes import fake_mnist, http_server, idx_files, md5s_of, write_mirror
 from nn import checkpoint
 from nn.files import _TEMP, Outputs, save_npz
@@ -35,9 +34,7 @@ from nn.model import Sequential
 from stages import download, evaluate, synthesize, train
 
 
-MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 16},
-       {"type": "ReLU"}, {"type": "Dropout", "p": 0.1},
-       {"type": "Linear", "in_features": 16, "out_features": 10}]
+MLP = TINY_MLP
 PARAMS = {
     "prepare": {"dev_size": 20, "seed": 0},
     "mnist100": {"train_size": 300, "dev_size": 100, "test_size": 100, "seed": 1,

@@ -9,26 +9,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import TINY_CNN, TINY_MLP
 from nn.files import save_npz
 from nn.mnist.modelfile import load
 from nn.mnist.params import validate
 from nn.mnist.training import TrainParams, load_split, subset, train_model
 from stages import evaluate, report, train
 
-CNN = [
-    {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
-    {"type": "ReLU"},
-    {"type": "MaxPool2d", "kernel_size": 2},
-    {"type": "Flatten"},
-    {"type": "Linear", "in_features": 14 * 28 * 4, "out_features": 100},
-]
-MLP = [
-    {"type": "Flatten"},
-    {"type": "Linear", "in_features": 784, "out_features": 32},
-    {"type": "ReLU"},
-    {"type": "Dropout", "p": 0.1},
-    {"type": "Linear", "in_features": 32, "out_features": 10},
-]
+CNN, MLP = TINY_CNN, TINY_MLP
 
 
 def model_params(arch, **changes):
