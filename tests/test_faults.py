@@ -342,7 +342,7 @@ def test_bad_model_file_in_predict(tmp_path, kind):
     ({"mlp": {"layers": [MLP[0], {"type": "Linear", "in_features": 700, "out_features": 16},
                          *MLP[2:]]}},
      "mlp.layers[1] (Linear) cannot take input (784,)"),
-    ({"mlp": {"layers": [*MLP[:4], {"type": "Linear", "in_features": 16, "out_features": 100}]}},
+    ({"mlp": {"layers": [*MLP[:4], {"type": "Linear", "in_features": 32, "out_features": 100}]}},
      "mlp.layers: the network has 100 outputs (100,), the data has 10 classes (labels 0..9)"),
     ({"mlp": {"batch_size": 500}}, "mlp.batch_size: 500 is more than the 200 training images"),
     ({"mlp": {"rotate": 90}}, "mlp.rotate: 90.0 must be <= 45"),

@@ -17,8 +17,8 @@ from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_
 pytestmark = pytest.mark.slow
 
 SPACE = {"mlp.optimizer.lr": {"log_uniform": [0.001, 0.1]},
-         # 17 without `also`: the next Linear still takes 16, so that trial fails
-         "mlp.layers.1.out_features": {"choice": [16, 17]}}
+         # 17 without `also`: the next Linear still takes 32, so that trial fails
+         "mlp.layers.1.out_features": {"choice": [32, 17]}}
 
 
 def failing_once_seed(trials: int) -> int:
@@ -68,7 +68,7 @@ def test_a_search_then_a_retrain_through_the_dvc_queue(repo, monkeypatch):
     bad = table[table["mlp.layers.1.out_features"] == 17]
     assert bad["status"].tolist() == ["failed"] and bad["rank"].tolist() == [3]
     assert bad["error"].iloc[0].startswith(                          # its own reason, one line
-        "train@mlp: error: mlp.layers[3] (Linear) cannot take input (17,)")
+        "train@mlp: error: mlp.layers[4] (Linear) cannot take input (17,)")
     ok = table[table["status"] == "ok"]
     assert ok["dev_acc"].tolist() == sorted(ok["dev_acc"], reverse=True)
 
