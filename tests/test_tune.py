@@ -333,3 +333,23 @@ def test_a_killed_worker_fails_its_trial_and_the_command_says_so(tmp_path):
     table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")   # written, and whole
     assert len(table) == len(states) and table.loc[victim[0], "state"] == "fail"
     assert f"tune: trial {victim[0]} " not in out  # the killed worker never finished it
+
+
+def results_row(table: pd.DataFrame, model: str) -> str:
+    """docs/tuning.md's row of a committed search, from its reports/tune/MODEL.csv."""
+    done = table[table["state"] == "complete"]
+    best = done.loc[done["dev_acc"].idxmax()]
+    defaults = table[table["defaults"]].iloc[0]
+    counts = " / ".join(str((table["state"] == s).sum()) for s in ("complete", "pruned", "fail"))
+    return (f"| {model} | {len(table)} | {counts} | {defaults['dev_acc']:.2%} | "
+            f"{best['dev_acc']:.2%} (trial {best['number']}) |")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_the_committed_searches_are_the_ones_docs_tuning_describes(model):
+    root = Path(__file__).parents[1]
+    table = pd.read_csv(root / "reports" / "tune" / f"{model}.csv")
+    assert len(table) >= 16 and (table["state"] == "pruned").any()   # a real search, pruning on
+    settings, _ = search_space.load_settings(model, root / "params.yaml")
+    assert [c for c in table.columns if c.startswith(f"{model}.")] == list(settings.space)
+    assert results_row(table, model) in (root / "docs" / "tuning.md").read_text()
