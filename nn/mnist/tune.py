@@ -221,14 +221,19 @@ def save_experiment(name: str, params: dict, metrics: dict) -> None:
             raise TuneError(f"experiment {name}: not saved: {str(e).splitlines()[0]}") from None
 
 
+def dev_acc(trial) -> float | None:
+    """A finished trial's dev accuracy: its best epoch's, or a pruned one's last reported."""
+    reported = trial.intermediate_values
+    return trial.value if trial.value is not None else \
+        reported[max(reported)] if reported else None
+
+
 def trial_experiment(job: Job, settings: SearchSettings, echo: Callable[[str], None]):
     """An Optuna callback: each finished trial, any state, saved as DVC experiment STUDY-NNN."""
 
     def callback(study, trial) -> None:
         params = {**expand(settings.space, trial.params), **settings.budget}
-        metrics = {"state": trial.state.name.lower(),
-                   "dev_acc": trial.value if trial.value is not None else
-                   max(trial.intermediate_values.values(), default=None),
+        metrics = {"state": trial.state.name.lower(), "dev_acc": dev_acc(trial),
                    "epochs": len(trial.intermediate_values)}
         try:
             save_experiment(f"{job.study}-{trial.number:03d}", params, metrics)
@@ -238,12 +243,11 @@ def trial_experiment(job: Job, settings: SearchSettings, echo: Callable[[str], N
     return callback
 
 
-def announce(echo: Callable[[str], None], trials: int):
+def announce(echo: Callable[[str], None]):
     """An Optuna callback: one line per finished trial."""
 
     def callback(study, trial) -> None:
-        value = trial.value if trial.value is not None else \
-            trial.intermediate_values.get(max(trial.intermediate_values, default=-1))
+        value = dev_acc(trial)
         dev = "-" if value is None else f"{value:.4f}"
         why = trial.user_attrs.get("error", "")
         complete = [t.value for t in study.get_trials(deepcopy=False) if t.value is not None]
@@ -269,14 +273,14 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
     from nn.mnist.training import load_split
     from nn.train import DivergedError, UselessModelError
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings, tree = load_settings(job.model, job.params)
     data = {s: load_split(job.data, s) for s in ("train", "dev")}
     study = open_study(job, settings, tree, worker=index)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [optuna.study.MaxTrialsCallback(
         job.trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)),
-        announce(echo, job.trials)]
+        announce(echo)]
     if job.experiments:
         callbacks.append(trial_experiment(job, settings, echo))
     if counted(study) < job.trials:
@@ -346,12 +350,10 @@ def trials_table(study, settings: SearchSettings):
     workers: dict[str, int] = {}
     rows = []
     for t in study.get_trials(deepcopy=False):
-        reported = t.intermediate_values
-        last = reported[max(reported)] if reported else None
         worker = t.user_attrs.get("worker")
-        rows.append({"number": t.number, "state": t.state.name.lower(),
-                     "dev_acc": t.value if t.value is not None else last,
-                     "best_epoch": t.user_attrs.get("best_epoch"), "epochs": len(reported),
+        rows.append({"number": t.number, "state": t.state.name.lower(), "dev_acc": dev_acc(t),
+                     "best_epoch": t.user_attrs.get("best_epoch"),
+                     "epochs": len(t.intermediate_values),
                      "defaults": bool(t.user_attrs.get("defaults")),
                      **{path: t.params.get(path) for path in settings.space},
                      # workers numbered in order of appearance: no host name in a tracked file
@@ -471,7 +473,7 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
 
     from nn.mnist.training import load_split
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if retrain_best:
         load_split(job.data, "test")  # checked now, not after the search
     study = open_study(job, settings, tree)  # a bad storage or study stops here, before any worker
@@ -485,8 +487,7 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
         run_workers(job, workers, cores, echo)
     except WorkerDied as e:
         died = e
-    if died:
-        fail_trials_of(job, died.workers, str(died).partition(";")[0])
+        fail_trials_of(job, e.workers, str(e).partition(";")[0])
     study = open_study(job, settings, tree)
     # a trial of a worker killed elsewhere is failed once its heartbeat is stale
     optuna.storages.fail_stale_trials(study)
