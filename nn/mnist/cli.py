@@ -327,7 +327,7 @@ def tune(
                                              "one silent for 3 is failed.")] = 10.0,
     data: Annotated[Path | None, typer.Option(
         help="Folder with train.npz, dev.npz (and test.npz for --retrain); default "
-             "data/<dataset of MODEL in dvc.yaml>.", show_default=False)] = None,
+             "data/DATASET, MODEL's in dvc.yaml.", show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Folder for MODEL.csv, MODEL-history.png and "
                                            "MODEL-importance.png.")] = Path("reports/tune"),
     params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
