@@ -328,11 +328,15 @@ def test_a_killed_worker_fails_its_trial_and_the_command_says_so(tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: worker ") and \
         "stopped (killed by SIGKILL); its trial is failed, the study is consistent: run the " \
         "same command to go on" in err, err
-    states = {t.number: t.state.name for t in trials_of(folder)}
-    assert states[victim[0]] == "FAIL" and "RUNNING" not in states.values()
+    final = trials_of(folder)
+    # the trial it was running when the signal landed (the one seen, or its next one)
+    failed = [t for t in final if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].number >= victim[0], [t.state for t in final]
+    assert failed[0].user_attrs["worker"].endswith(f":{victim[1]}")
+    assert "RUNNING" not in {t.state.name for t in final}
     table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")   # written, and whole
-    assert len(table) == len(states) and table.loc[victim[0], "state"] == "fail"
-    assert f"tune: trial {victim[0]} " not in out  # the killed worker never finished it
+    assert len(table) == len(final) and table.loc[failed[0].number, "state"] == "fail"
+    assert f"tune: trial {failed[0].number} " not in out  # the killed worker never finished it
 
 
 def results_row(table: pd.DataFrame, model: str) -> str:

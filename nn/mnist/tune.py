@@ -283,6 +283,7 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
         announce(echo)]
     if job.experiments:
         callbacks.append(trial_experiment(job, settings, echo))
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
     if counted(study) < job.trials:
         study.optimize(objective(job, settings, tree, data, worker), callbacks=callbacks,
                        catch=(ValueError, DivergedError, UselessModelError), gc_after_trial=True)
