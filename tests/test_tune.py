@@ -357,3 +357,29 @@ def test_the_committed_searches_are_the_ones_docs_tuning_describes(model):
     settings, _ = search_space.load_settings(model, root / "params.yaml")
     assert [c for c in table.columns if c.startswith(f"{model}.")] == list(settings.space)
     assert results_row(table, model) in (root / "docs" / "tuning.md").read_text()
+
+
+def test_ctrl_c_keeps_the_study_and_the_same_command_goes_on(tmp_path):
+    folder = write_tune_folder(tmp_path, n_train=2000, trials=4)
+    command = [sys.executable, "-m", "nn.mnist.cli", "tune", "mlp", "--no-exp"]
+    proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            if any(t.state.name == "RUNNING" and t.number == 1 for t in trials_of(folder)):
+                break
+        except KeyError:  # no study yet
+            pass
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert err.strip() == "error: interrupted; the study is kept: the same command goes on"
+    assert [t.state.name for t in trials_of(folder)] == ["COMPLETE", "FAIL"]
+    assert reports(folder) == []                           # nothing half-written
+    again = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 of 4 trials there" in again.stdout
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table["state"]).count("fail") == 1 and len(table) == 5
