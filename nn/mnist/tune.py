@@ -62,13 +62,17 @@ def open_storage(url: str, heartbeat: float):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes
     elif url.startswith("postgresql"):
         engine_kwargs = {"connect_args": {"connect_timeout": 10}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                          heartbeat_interval=max(1, round(heartbeat)),
-                                          grace_period=max(3, round(3 * heartbeat)))
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise TuneError(f"storage {safe_url(url)}: {reason}") from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=max(1, round(heartbeat)),
+                                              grace_period=max(3, round(3 * heartbeat)))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            # two workers creating the tables of a new database at once: one of them loses
+            if "already exists" not in str(e) or attempt == 2:
+                raise TuneError(f"storage {safe_url(url)}: {reason}") from None
+            time.sleep(1)
 
 
 def safe_url(url: str) -> str:
@@ -267,7 +271,9 @@ def counted(study) -> int:
 
 
 def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
-    """One worker: trials of the study until it holds job.trials (failed ones not counted)."""
+    """One worker: trials of the study until it holds job.trials that did not fail, and none
+    is running elsewhere (a trial of a worker that died is failed by its heartbeat, and
+    replaced)."""
     import optuna
 
     from nn.mnist.training import load_split
@@ -283,10 +289,17 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
         announce(echo)]
     if job.experiments:
         callbacks.append(trial_experiment(job, settings, echo))
-    optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
-    if counted(study) < job.trials:
-        study.optimize(objective(job, settings, tree, data, worker), callbacks=callbacks,
-                       catch=(ValueError, DivergedError, UselessModelError), gc_after_trial=True)
+    run = objective(job, settings, tree, data, worker)
+    while True:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
+        if counted(study) < job.trials:
+            study.optimize(run, callbacks=callbacks, gc_after_trial=True,
+                           catch=(ValueError, DivergedError, UselessModelError))
+        elif any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(
+                deepcopy=False)):
+            time.sleep(job.heartbeat)  # others' last trials: done, or failed by their heartbeat
+        else:
+            break
 
 
 def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None]) -> None:
