@@ -214,7 +214,7 @@ def save_experiment(name: str, params: dict, metrics: dict) -> None:
     from dvc.repo import Repo
     from dvclive import Live
 
-    with locked(LIVE.parent / "dvc.lock"):
+    with locked(LIVE.parent / "exp-save.lock"):
         with Live(dir=str(LIVE), dvcyaml=str(LIVE / "dvc.yaml"), save_dvc_exp=False) as live:
             live.log_params(params)
             live.summary.update(metrics)
