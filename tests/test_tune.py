@@ -1,23 +1,27 @@
-"""nn tune and nn lr-find without DVC: the sampler, the settings, the ranking, the LR finder."""
+"""nn tune on Optuna (in-process trials, pruning, the study's storage, reports, bad input)
+and nn lr-find; tests/test_tune_dvc.py has the trials as DVC experiments and PostgreSQL."""
 
 import json
-import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from nn import engine
 from nn.fast import threads
 from nn.lrfind import lr_range_test, suggest
-from nn.mnist import dvc_queue, ranking, search_space
+from nn.mnist import search_space
 from nn.mnist.cli import app
 from nn.mnist.params import ParamsError
-from nn.optim import SGD, Adam
+from nn.mnist.tune import open_storage
+from nn.optim import SGD
 
 SPACE = {
     "mlp.optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
@@ -34,31 +38,36 @@ def space(**changes):
     return {k: search_space.Distribution.model_validate(v) for k, v in {**SPACE, **changes}.items()}
 
 
-def test_the_sampler_is_seeded_and_in_range():
-    a, b = search_space.sample(space(), 50, seed=3), search_space.sample(space(), 50, seed=3)
-    assert a == b and a != search_space.sample(space(), 50, seed=4)
-    for t in a:
-        assert 1e-4 <= t["mlp.optimizer.lr"] <= 1e-1
-        assert 0 <= t["mlp.layers.3.p"] <= 0.5
-        assert type(t["mlp.max_shift"]) is int and 0 <= t["mlp.max_shift"] <= 3
-        assert t["mlp.layers.1.out_features"] in (16, 32)
-        assert t["mlp.layers.4.in_features"] == t["mlp.layers.1.out_features"]
-    assert {t["mlp.max_shift"] for t in a} == {0, 1, 2, 3}       # both ends are drawn
+def test_each_kind_is_asked_of_optuna_with_its_range_and_also_paths_follow():
+    import optuna
 
-
-def test_log_uniform_is_uniform_in_the_logarithm():
-    draws = np.array([t["mlp.optimizer.lr"] for t in search_space.sample(space(), 4000, seed=0)])
-    position = (np.log10(draws) + 4) / 3                          # 0 at 1e-4, 1 at 1e-1
-    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
-        assert abs(np.quantile(position, q) - q) < 0.03
-    assert (draws < 1e-2).mean() == pytest.approx(2 / 3, abs=0.03)  # a plain uniform: 0.09
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        values = {path: d.suggest(trial, path) for path, d in space().items()}
+        study.tell(trial, 0.0)
+        assert 1e-4 <= values["mlp.optimizer.lr"] <= 1e-1
+        assert 0 <= values["mlp.layers.3.p"] <= 0.5
+        assert type(values["mlp.max_shift"]) is int and 0 <= values["mlp.max_shift"] <= 3
+        full = search_space.expand(space(), values)
+        assert full["mlp.layers.4.in_features"] == full["mlp.layers.1.out_features"] in (16, 32)
+    dists = study.trials[0].distributions
+    assert dists["mlp.optimizer.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    assert dists["mlp.layers.3.p"] == optuna.distributions.FloatDistribution(0.0, 0.5)
+    assert dists["mlp.max_shift"] == optuna.distributions.IntDistribution(0, 3)
+    assert dists["mlp.layers.1.out_features"] == optuna.distributions.CategoricalDistribution((16, 32))
+    lrs = np.log10([t.params["mlp.optimizer.lr"] for t in study.trials])
+    assert (lrs < -2.5).mean() > 0.25                     # log-uniform: a plain uniform gives 0.03
 
 
 @pytest.mark.parametrize("dist, message", [
     ({"uniform": [0.5, 0.1]}, "uniform: low 0.5 must be < high 0.1"),
     ({"log_uniform": [0.0, 1.0]}, "log_uniform: low 0.0 must be > 0"),
     ({"uniform": [0, 1], "choice": [1]}, "give exactly one of"),
+    ({"uniform": [0.2, 0.2]}, "uniform: low 0.2 must be < high 0.2"),
+    ({"int_uniform": [3, 1]}, "int_uniform: low 3 must be < high 1"),
     ({"choice": []}, "must list at least 1"),
+    ({"choice": [[1, 2]]}, "choice: each value must be"),
     ({"normal": [0, 1]}, "normal: unknown key"),
 ])
 def test_a_bad_distribution_names_its_key(tmp_path, dist, message):
@@ -90,181 +99,12 @@ def test_every_path_must_exist_in_params(tmp_path, key, message):
                                                budget={"mlp.epoch": 1}))
 
 
-def test_list_items_are_reached_by_index(tmp_path):
+def test_list_items_are_reached_by_index_and_set_on_a_copy(tmp_path):
     settings, tree = search_space.load_settings("mlp", write_params(tmp_path, SPACE))
     assert search_space.lookup(tree, "mlp.layers.3.p") == 0.1
-    assert search_space.set_args({"mlp.layers.3.p": 0.25, "mlp.optimizer.lr": 1e-05, "mlp.clip_norm": None,
-                          "mlp.optimizer.nesterov": True}) == [
-        "-S", "mlp.layers.3.p=0.25", "-S", "mlp.optimizer.lr=1e-05",
-        "-S", "mlp.clip_norm=null", "-S", "mlp.optimizer.nesterov=true"]
-
-
-def exp(state, dev=None, test=None, log=None):
-    metrics = {} if dev is None else {"reports/mlp/train.json": {"dev_acc": dev, "best_epoch": 1},
-                                      "reports/mlp/metrics.json": {"accuracy": test}}
-    return {"state": state, "metrics": metrics, "log": log}
-
-
-def test_the_ranking_is_by_dev_accuracy_never_test_and_failures_come_last(tmp_path):
-    log = tmp_path / "t.out"
-    log.write_text("Running stage 'train@mlp':\ntrain@mlp: error: training diverged: loss became "
-                   "nan\nERROR: failed to reproduce 'train@mlp'\n")
-    trials = {f"t{i}": {"mlp.optimizer.lr": lr, "mlp.layers.3.p": 0.1, "mlp.max_shift": 1,
-                        "mlp.layers.1.out_features": 16} for i, lr in enumerate([1e-3, 1e-2, 1, 1e-4])}
-    exps = {"t0": exp("success", dev=0.90, test=0.99),     # best on test, second on dev
-            "t1": exp("success", dev=0.95, test=0.80),
-            "t2": exp("failed", log=str(log)),
-            "t3": exp("success", dev=0.50, test=0.50)}
-    exps["t2"]["metrics"] = exps["t3"]["metrics"]          # DVC shows the baseline's for a failure
-    table = ranking.results_table("mlp", trials, exps, space())
-    assert table["name"].tolist() == ["t1", "t0", "t3", "t2"]
-    assert table["rank"].tolist() == [1, 2, 3, 4]
-    assert table["status"].tolist() == ["ok", "ok", "ok", "failed"]
-    assert math.isnan(table["dev_acc"].iloc[3])
-    assert table["error"].iloc[3] == "train@mlp: error: training diverged: loss became nan"
-    assert "accuracy" not in table.columns and "test" not in " ".join(table.columns)
-    assert ranking.most_influential(table, space()) == "mlp.optimizer.lr"
-
-
-def test_the_most_influential_param_has_the_largest_rank_correlation_in_size():
-    import pandas as pd
-
-    table = pd.DataFrame({"status": ["ok"] * 4 + ["failed"], "dev_acc": [0.9, 0.8, 0.7, 0.6, None],
-                          "mlp.optimizer.lr": [1e-3] * 4 + [5.0],    # did not vary: counts as 0
-                          "mlp.layers.3.p": [0.1, 0.2, 0.3, 0.9, 0.0],  # rho = -1: the largest
-                          "mlp.max_shift": [0, 1, 0, 1, 3], "mlp.layers.1.out_features": [16] * 5})
-    assert ranking.most_influential(table, space()) == "mlp.layers.3.p"
-    assert ranking.most_influential(table.head(2), space()) == "mlp.optimizer.lr"  # too few: first
-
-def test_ctrl_c_removes_the_queued_trials_and_kills_the_running(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {"a": exp("success", 0.5), "b": exp("running"),
-                                                           "c": exp("queued")})
-    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    dvc_queue.Search(None, "mlp").stop(["a", "b", "c", "d"])
-    assert calls == [("queue", "remove", "c"), ("queue", "kill", "b")]   # "d": not queued yet
-    assert "1 queued trial(s) removed, 1 running killed" in capsys.readouterr().err
-
-
-class Clock:
-    """time.monotonic and time.sleep for the search's waits, without waiting."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def monotonic(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
-def a_dead_pid():
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_the_wait_gives_up_on_trials_dvc_will_never_finish(monkeypatch, capsys):
-    clock, calls, dead = Clock(), [], a_dead_pid()
-    live = {**exp("running"), "pid": os.getpid()}
-    monkeypatch.setattr(dvc_queue, "time", clock)
-    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {       # "lost" is never shown
-        "live": live if clock.now < 600 else exp("success", 0.5),
-        "dead": {**exp("running"), "pid": dead}, "none": exp("running")})
-    exps = dvc_queue.Search(None, "mlp", poll=10).run(["live", "dead", "none", "lost"], workers=2)
-    assert exps["live"]["state"] == "success"                     # a long trial is never cut
-    assert {n: e["state"] for n, e in exps.items() if n != "live"} == dict.fromkeys(
-        ["dead", "none", "lost"], "failed")
-    assert exps["dead"]["error"] == f"its process {dead} ended and DVC never recorded a result"
-    assert exps["none"]["error"] == "DVC shows it running, but no process runs it"
-    assert exps["lost"]["error"].startswith("DVC lost it")
-    assert ("queue", "kill", "dead") in calls and ("queue", "kill", "lost") not in calls
-    err = capsys.readouterr().err
-    assert "tune: dead: its process" in err and "counted as failed" in err
-
-
-def test_an_orphan_is_given_up_after_orphan_after_seconds_not_before(monkeypatch):
-    clock, dead = Clock(), a_dead_pid()
-    monkeypatch.setattr(dvc_queue, "time", clock)
-    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: "")
-    seen = []
-    monkeypatch.setattr(dvc_queue, "experiments", lambda root: seen.append(clock.now) or {
-        "dead": {**exp("running"), "pid": dead}})
-    dvc_queue.Search(None, "mlp", poll=10).run(["dead"], workers=1)
-    assert dvc_queue.ORPHAN_AFTER < seen[-1] <= dvc_queue.ORPHAN_AFTER + 10
-
-
-def test_a_queue_that_never_starts_is_an_error_not_a_hang(monkeypatch):
-    clock, calls = Clock(), []
-    monkeypatch.setattr(dvc_queue, "time", clock)
-    monkeypatch.setattr(dvc_queue, "dvc", lambda root, *args, **kw: calls.append(args) or "")
-    monkeypatch.setattr(dvc_queue, "experiments", lambda root: {"a": exp("success", 0.5),
-                                                           "b": exp("queued")})
-    with pytest.raises(dvc_queue.TuneError, match="has not started a trial in 900 s"):
-        dvc_queue.Search(None, "mlp", poll=10).run(["a", "b"], workers=1)
-    assert calls.count(("queue", "start", "--jobs", "1")) > 5     # workers were restarted
-    assert clock.now <= dvc_queue.STALL_AFTER + 20
-
-
-def test_a_dvc_command_that_hangs_is_stopped_with_one_line(tmp_path):
-    with pytest.raises(dvc_queue.TuneError, match=r"^`python\S* -c import time; time.sleep\(30\) ...` "
-                                             r"did not finish in 1 s; it was stopped$"):
-        dvc_queue._run(tmp_path, [sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
-
-
-def test_a_hung_dvc_exp_show_is_stopped_and_tried_again(monkeypatch):
-    # DVC can hang for good reading a running experiment that ends meanwhile (see exp_show)
-    timeouts = []
-
-    def run(root, args, env=None, timeout=None):
-        timeouts.append(timeout)
-        if len(timeouts) == 1:
-            raise dvc_queue.TuneError("`python -m dvc exp show ...` did not finish in 60 s; it was stopped")
-        return subprocess.CompletedProcess(args, 0, "[]", "")
-
-    monkeypatch.setattr(dvc_queue, "time", Clock())
-    monkeypatch.setattr(dvc_queue, "_run", run)
-    assert dvc_queue.exp_show(Path(".")) == []
-    assert timeouts == [dvc_queue.EXP_SHOW_TIMEOUT] * 2 and dvc_queue.EXP_SHOW_TIMEOUT <= 60
-
-
-def git(repo, *args, env=None):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, env=env)
-
-
-def test_preflight_says_what_dvc_needs(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))             # no global git identity
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for name in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
-        monkeypatch.delenv(name, raising=False)
-    with pytest.raises(dvc_queue.TuneError, match="not the root of a DVC project"):
-        dvc_queue.preflight(tmp_path)
-    git(tmp_path, "init", "-q")
-    (tmp_path / ".dvc").mkdir()
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    with pytest.raises(dvc_queue.TuneError, match="need.* a git commit|start from a git commit"):
-        dvc_queue.preflight(tmp_path)
-    git(tmp_path, "add", "-A")
-    git(tmp_path, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x")
-    with pytest.raises(dvc_queue.TuneError, match="git's user.name is not set: git config user.name"):
-        dvc_queue.preflight(tmp_path)
-    git(tmp_path, "config", "user.name", "a")
-    git(tmp_path, "config", "user.email", "a@b")
-    dvc_queue.preflight(tmp_path)
-
-
-def test_nn_threads_caps_the_engine_pool(monkeypatch):
-    monkeypatch.setenv("NN_THREADS", "1")
-    assert threads.thread_count() == 1
-    monkeypatch.setenv("NN_THREADS", "999")
-    assert threads.thread_count() == dvc_queue.cores()
-    monkeypatch.setenv("NN_THREADS", "two")
-    with pytest.raises(ValueError, match="NN_THREADS='two'"):
-        threads.thread_count()
-    env = dvc_queue.thread_env(3)
-    assert [env[k] for k in ("NN_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")] == ["3"] * 3
+    changed = search_space.with_values(tree, {"mlp.layers.3.p": 0.25, "mlp.optimizer.lr": 1e-5})
+    assert changed["mlp"]["layers"][3]["p"] == 0.25 and changed["mlp"]["optimizer"]["lr"] == 1e-5
+    assert tree["mlp"]["layers"][3]["p"] == 0.1
 
 
 def toy_data(n=256, seed=0):
@@ -316,18 +156,240 @@ def test_nn_lr_find_writes_csv_png_and_a_suggestion(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "error: dvc.yaml: no model 'cnn' in vars.models" in result.output
 
 
-def test_nn_tune_refuses_bad_settings_with_one_line(tmp_path, monkeypatch):
-    write_params(tmp_path, {"mlp.layers.7.p": {"uniform": [0, 1]}})
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["tune", "mlp"])
+
+
+def test_nn_threads_caps_the_engine_pool(monkeypatch):
+    monkeypatch.setenv("NN_THREADS", "1")
+    assert threads.thread_count() == 1
+    monkeypatch.setenv("NN_THREADS", "999")
+    assert threads.thread_count() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("NN_THREADS", "two")
+    with pytest.raises(ValueError, match="NN_THREADS='two'"):
+        threads.thread_count()
+
+
+# -- nn tune end to end, on toy data in a folder of its own (no DVC experiments: --no-exp) ------
+
+TUNE_MLP = {"seed": 0, "epochs": 10, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.01},
+            "schedule": {"name": "constant"}, "layers": MLP}
+TUNE_SPACE = {"mlp.optimizer.lr": {"log_uniform": [1e-5, 0.1]},
+              "mlp.layers.1.out_features": {"choice": [16, 32], "also": ["mlp.layers.4.in_features"]}}
+
+
+def write_tune_folder(folder: Path, space=None, n_train=600, test=True, **settings) -> Path:
+    """data/mnist/{train,dev[,test]}.npz of toy digits, a dvc.yaml naming the dataset, and a
+    params.yaml with a small MLP and its tune section."""
+    from nn.files import save_npz
+
+    for split, n, seed in (("train", n_train, 0), ("dev", 200, 1), ("test", 200, 2)):
+        if split == "test" and not test:
+            continue
+        x, y = toy_data(n, seed)
+        save_npz(folder / "data" / "mnist" / f"{split}.npz",
+                 images=np.clip(x[..., 0] * 40 + 60, 0, 255).astype(np.uint8),
+                 labels=y.astype(np.uint8))
+    (folder / "dvc.yaml").write_text("vars:\n  - models: {mlp: mnist}\nstages: {}\n")
+    tune = {"trials": 4, "seed": 0, "budget": {"mlp.epochs": 3}, "space": TUNE_SPACE if space is None else space,
+            **settings}
+    (folder / "params.yaml").write_text(json.dumps({"mlp": TUNE_MLP, "tune": {"mlp": tune}}))
+    return folder
+
+
+def nn_tune(folder: Path, *args: str):
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        return CliRunner().invoke(app, ["tune", "mlp", "--no-exp", "--heartbeat", "1", *args])
+    finally:
+        os.chdir(old)
+
+
+def reports(folder: Path) -> list[str]:
+    found = folder / "reports" / "tune"
+    return sorted(p.name for p in found.iterdir()) if found.is_dir() else []
+
+
+def test_a_search_prunes_ranks_by_dev_never_test_and_writes_its_reports(tmp_path):
+    folder = write_tune_folder(tmp_path, test=False)  # no test split: the search never reads it
+    result = nn_tune(folder, "--trials", "10")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table.columns[:5]) == ["number", "state", "dev_acc", "best_epoch", "epochs"]
+    assert list(table["number"]) == list(range(10)) and set(table["worker"]) == {1}
+    assert list(table["defaults"]) == [True] + [False] * 9      # trial 0: params.yaml's values
+    assert table.loc[0, "mlp.optimizer.lr"] == 0.01 and table.loc[0, "mlp.layers.1.out_features"] == 32
+    assert set(table["state"]) == {"complete", "pruned"}      # the pruner stopped some trials
+    pruned = table[table["state"] == "pruned"]
+    assert (pruned["epochs"] < 3).all() and (table[table["state"] == "complete"]["epochs"] == 3).all()
+    best = table.loc[table[table["state"] == "complete"]["dev_acc"].idxmax()]
+    assert f"tune: best trial {best['number']}: dev {best['dev_acc']:.4f}" in result.output
+    assert table["mlp.optimizer.lr"].between(1e-5, 0.1).all()
+    assert reports(folder) == ["mlp-history.png", "mlp-importance.png", "mlp.csv"]
+    assert f"{len(pruned)} pruned" in result.output and "pruning saved about" in result.output
+
+    # the same command goes on with the same study: more trials, none proposed twice
+    result = nn_tune(folder, "--trials", "12")
+    assert result.exit_code == 0, result.output
+    assert "10 of 12 trials there" in result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert len(table) == 12 and not table.duplicated(["mlp.optimizer.lr"]).any()
+
+    result = nn_tune(folder, "--trials", "13", "--retrain")  # test.npz is needed: said first
     assert result.exit_code == 1
-    assert result.output.strip() == ("error: tune.mlp.space: mlp.layers.7.p: no such param in "
-                                     "params.yaml (list items by index: mlp.layers.4.p)")
-    result = CliRunner().invoke(app, ["tune", "cnn"])
-    assert result.exit_code == 1 and "no section 'tune.cnn'" in result.output
+    assert result.output.strip() == "error: data/mnist/test.npz: no such file"
+    assert len(pd.read_csv(folder / "reports" / "tune" / "mlp.csv")) == 12
 
 
-def test_the_stages_accept_the_tune_section_they_never_read():
-    from nn.mnist.params import known_sections
+def test_retrain_scores_the_best_at_the_full_budget_on_dev_and_test(tmp_path):
+    folder = write_tune_folder(tmp_path)
+    result = nn_tune(folder, "--trials", "3", "--retrain")
+    assert result.exit_code == 0, result.output
+    assert "retraining trial" in result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("tune: retrained: "))
+    assert "dev " in line and "test " in line and "(defaults: dev -, test -)" in line
 
-    assert known_sections(Path(__file__).parents[1] / "params.yaml")[-1] == "tune"
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"mlp.layers.7.p": {"uniform": [0, 1]}}},
+     "error: tune.mlp.space: mlp.layers.7.p: no such param in params.yaml (list items by "
+     "index: mlp.layers.4.p)"),
+    ({"space": {"mlp.optimizer.lr": {"log_uniform": [0.1, 0.001]}}},
+     "error: tune.mlp.space.mlp.optimizer.lr: log_uniform: low 0.1 must be < high 0.001"),
+    ({"space": {"mlp.optimizer.lr": {"uniform": [0.1, 0.1]}}},
+     "error: tune.mlp.space.mlp.optimizer.lr: uniform: low 0.1 must be < high 0.1"),
+    ({"space": {}}, "error: tune.mlp.space: must list at least 1 item(s)"),
+])
+def test_a_bad_space_stops_with_one_line_and_writes_nothing(tmp_path, change, message):
+    folder = write_tune_folder(tmp_path, **change)
+    result = nn_tune(folder)
+    assert result.exit_code == 1 and result.output.strip() == message
+    assert reports(folder) == [] and not (folder / ".nn-tune").exists()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql://nobody@127.0.0.1:1/none", "error: storage postgresql://nobody@127.0.0.1:1/none: "),
+    ("nosuchdb://x", "error: storage nosuchdb://x: Can't load plugin: sqlalchemy.dialects:nosuchdb"),
+    ("not a url", "error: storage not a url: Could not parse SQLAlchemy URL"),
+])
+def test_a_bad_or_unreachable_storage_stops_with_one_line(tmp_path, url, message):
+    result = nn_tune(write_tune_folder(tmp_path), "--storage", url)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(message), result.output
+    assert reports(tmp_path) == []
+
+
+def test_a_study_that_holds_another_search_is_refused(tmp_path):
+    folder = write_tune_folder(tmp_path)
+    assert nn_tune(folder, "--trials", "1").exit_code == 0
+    before = (folder / "reports" / "tune" / "mlp.csv").read_bytes()
+    write_tune_folder(tmp_path, space={"mlp.optimizer.lr": {"log_uniform": [1e-4, 0.1]}})
+    result = nn_tune(folder, "--trials", "2")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: study 'tune-mlp' in sqlite:///.nn-tune/studies.db holds another search (model, "
+        "budget or space differ): pick another --study, or delete it (optuna delete-study "
+        "--study-name tune-mlp --storage URL)")
+    assert (folder / "reports" / "tune" / "mlp.csv").read_bytes() == before
+    assert nn_tune(folder, "--trials", "1", "--study", "other").exit_code == 0
+
+
+def trials_of(folder: Path, study: str = "tune-mlp"):
+    import optuna
+
+    if not (folder / ".nn-tune" / "studies.db").exists():
+        raise KeyError(study)
+    storage = open_storage(f"sqlite:///{folder}/.nn-tune/studies.db", heartbeat=1)
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+# Trials long enough that a signal sent between two epochs lands inside the trial.
+SLOW_BUDGET = {"mlp.epochs": 8, "mlp.layers.1.out_features": 256, "mlp.layers.4.in_features": 256}
+
+
+def mid_trial(trial) -> bool:
+    """Whether a running trial has reported an epoch and has more than one to go."""
+    return 1 <= len(trial.intermediate_values) < SLOW_BUDGET["mlp.epochs"] - 1
+
+
+def test_a_killed_worker_fails_its_trial_and_the_command_says_so(tmp_path):
+    import psutil
+
+    folder = write_tune_folder(tmp_path, n_train=4000, trials=4, budget=SLOW_BUDGET)
+    proc = subprocess.Popen([sys.executable, "-m", "nn.mnist.cli", "tune", "mlp", "--no-exp",
+                             "--workers", "2", "--heartbeat", "1"], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+        workers = {p.pid: p for p in psutil.Process(proc.pid).children()}
+        try:
+            trials = trials_of(folder)
+        except KeyError:  # no study yet
+            continue
+        for t in trials:
+            pid = int(t.user_attrs.get("worker", ":0").rpartition(":")[2])
+            if t.state.name == "RUNNING" and pid in workers and mid_trial(t):
+                victim = (t.number, pid)
+                workers[pid].send_signal(signal.SIGKILL)
+                break
+    out, err = proc.communicate(timeout=300)
+    assert victim, out + err
+    assert proc.returncode == 1, out + err
+    assert err.strip().splitlines()[-1].startswith("error: worker ") and \
+        "stopped (killed by SIGKILL); its trial is failed, the study is consistent: run the " \
+        "same command to go on" in err, err
+    final = trials_of(folder)
+    failed = [t for t in final if t.state.name == "FAIL"]
+    assert [t.number for t in failed] == [victim[0]], [t.state for t in final]
+    assert failed[0].user_attrs["worker"].endswith(f":{victim[1]}")
+    assert "RUNNING" not in {t.state.name for t in final}
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")   # written, and whole
+    assert len(table) == len(final) and table.loc[failed[0].number, "state"] == "fail"
+    assert f"tune: trial {failed[0].number} " not in out  # the killed worker never finished it
+
+
+def results_row(table: pd.DataFrame, model: str) -> str:
+    """docs/tuning.md's row of a committed search, from its reports/tune/MODEL.csv."""
+    done = table[table["state"] == "complete"]
+    best = done.loc[done["dev_acc"].idxmax()]
+    defaults = table[table["defaults"]].iloc[0]
+    counts = " / ".join(str((table["state"] == s).sum()) for s in ("complete", "pruned", "fail"))
+    return (f"| {model} | {len(table)} | {counts} | {defaults['dev_acc']:.2%} | "
+            f"{best['dev_acc']:.2%} (trial {best['number']}) |")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_the_committed_searches_are_the_ones_docs_tuning_describes(model):
+    root = Path(__file__).parents[1]
+    table = pd.read_csv(root / "reports" / "tune" / f"{model}.csv")
+    assert len(table) >= 16 and (table["state"] == "pruned").any()   # a real search, pruning on
+    settings, _ = search_space.load_settings(model, root / "params.yaml")
+    assert [c for c in table.columns if c.startswith(f"{model}.")] == list(settings.space)
+    assert results_row(table, model) in (root / "docs" / "tuning.md").read_text()
+
+
+def test_ctrl_c_keeps_the_study_and_the_same_command_goes_on(tmp_path):
+    folder = write_tune_folder(tmp_path, n_train=4000, trials=4, budget=SLOW_BUDGET)
+    command = [sys.executable, "-m", "nn.mnist.cli", "tune", "mlp", "--no-exp"]
+    proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            if any(t.state.name == "RUNNING" and t.number == 1 and mid_trial(t)
+                   for t in trials_of(folder)):
+                break
+        except KeyError:  # no study yet
+            pass
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert err.strip() == "error: interrupted; the study is kept: the same command goes on"
+    assert [t.state.name for t in trials_of(folder)] == ["COMPLETE", "FAIL"]
+    assert reports(folder) == []                           # nothing half-written
+    again = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 of 4 trials there" in again.stdout
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table["state"]).count("fail") == 1 and len(table) == 5

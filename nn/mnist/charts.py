@@ -1,4 +1,4 @@
-"""Charts for `nn lr-find` and `nn tune`, drawn with Pillow.
+"""Charts for `nn lr-find` and `nn tune`, drawn with Pillow: x-y lines or points, and bars.
 
 Kept apart from pictures.py, which the pipeline's stages depend on: a change here reruns no stage.
 """
@@ -14,10 +14,11 @@ from nn.mnist.pictures import _font
 
 
 def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, title: str,
-             x_label: str, y_label: str, log_x: bool = False, lines: bool = True,
+             x_label: str, y_label: str, log_x: bool = False, lines: bool | Sequence[bool] = True,
              mark_x: float | None = None, size: tuple[int, int] = (640, 400)) -> Image.Image:
-    """A chart of (name, xs, ys) series: lines or points, an optional log x-axis, and an
-    optional dashed vertical marker at `mark_x`. Non-finite points are left out."""
+    """A chart of (name, xs, ys) series: lines or points (`lines`: for all, or one per series),
+    an optional log x-axis, and an optional dashed vertical marker at `mark_x`. Non-finite
+    points are left out."""
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
     font, small = _font(14), _font(11)
     w, h = size
@@ -56,13 +57,36 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
         mx, _ = px(fx(mark_x), y0)
         for yy in range(top, h - bottom, 8):
             d.line((mx, yy, mx, min(yy + 4, h - bottom)), fill=(100, 100, 100))
+    as_lines = [lines] * len(series) if isinstance(lines, bool) else list(lines)
     for k, ((name, _, _), s) in enumerate(zip(series, pts)):
         c = colours[k % len(colours)]
         xy = [px(x, y) for x, y in s]
-        if lines and len(xy) > 1:
+        if as_lines[k] and len(xy) > 1:
             d.line(xy, fill=c, width=2)
-        elif not lines:
+        elif not as_lines[k]:
             for x, y in xy:
                 d.ellipse((x - 3, y - 3, x + 3, y + 3), outline=c, fill=c)
         d.text((w - right - 160, 8 + 14 * k), name, fill=c, font=small)  # in the top margin
+    return img
+
+
+def bar_chart(bars: Sequence[tuple[str, float]], *, title: str, x_label: str,
+              size: tuple[int, int] = (640, 300)) -> Image.Image:
+    """Horizontal bars, one per (name, value >= 0), top to bottom in the order given."""
+    font, small = _font(14), _font(11)
+    w, h = size
+    left, top, right, bottom = 200, 40, 60, 40
+    high = max((v for _, v in bars), default=0.0) or 1.0
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.text((8, 8), title, fill="black", font=font)
+    d.text(((w - left) // 2 + left // 2, h - 18), x_label, fill="black", font=small)
+    row = (h - top - bottom) / max(len(bars), 1)
+    for i, (name, value) in enumerate(bars):
+        y = top + i * row
+        length = value / high * (w - left - right)
+        d.rectangle((left, y + row * 0.15, left + length, y + row * 0.85), fill=(31, 119, 180))
+        d.text((8, y + row / 2 - 6), name[-30:], fill="black", font=small)
+        d.text((left + length + 4, y + row / 2 - 6), f"{value:.3f}", fill="black", font=small)
+    d.line((left, top, left, h - bottom), fill="black")
     return img

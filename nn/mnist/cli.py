@@ -243,7 +243,7 @@ def serve(
 
 MODEL_HELP = "Model name: its params.yaml section (mlp, cnn)."
 PARAMS_HELP = "Params file."
-EXIT_TUNE = 1  # bad params, or DVC/git cannot run the search
+EXIT_TUNE = 1  # bad params, storage or study, or a worker died
 
 
 @app.command("lr-find")
@@ -305,51 +305,77 @@ def lr_find(
 @app.command()
 def tune(
     model: Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)],
-    trials: Annotated[int | None, typer.Option(min=1, help="Trials (default: tune.MODEL.trials).",
+    trials: Annotated[int | None, typer.Option(min=1, help="Trials the study should hold, failed "
+                                               "ones not counted (default: tune.MODEL.trials).",
                                                show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Parallel DVC queue workers "
-                                                "(default: tune.MODEL.workers).", show_default=False)] = None,
-    retrain: Annotated[bool, typer.Option(help="Then run the best trial's params at the full "
-                                                "budget as one more experiment.")] = False,
-    prefix: Annotated[str | None, typer.Option(help="Experiment names PREFIX-01, ... (default "
-                                                    "tune-MODEL-SEED).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option(help="Folder for MODEL.csv and MODEL.png.")] = Path("reports/tune"),
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes on this machine, "
+                                                "each with cores / N threads (default: "
+                                                "tune.MODEL.workers).", show_default=False)] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://user@"
+                                                "host/db to share a study between machines "
+                                                "(default: sqlite:///.nn-tune/studies.db).",
+                                                show_default=False)] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: tune-MODEL).",
+                                              show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Sampler seed; give each machine its "
+                                             "own (default: tune.MODEL.seed).", show_default=False)] = None,
+    retrain: Annotated[bool, typer.Option(help="Then train the best trial's params at the full "
+                                               "budget and score it on dev and test.")] = False,
+    experiments: Annotated[bool, typer.Option("--exp/--no-exp", help="Save each trial as a DVC "
+                                              "experiment.")] = True,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between a running trial's heartbeats; "
+                                             "one silent for 3 is failed.")] = 10.0,
+    data: Annotated[Path | None, typer.Option(
+        help="Folder with train.npz, dev.npz (and test.npz for --retrain); default "
+             "data/DATASET, MODEL's in dvc.yaml.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for MODEL.csv, MODEL-history.png and "
+                                           "MODEL-importance.png.")] = Path("reports/tune"),
     params: Annotated[Path, typer.Option(help=PARAMS_HELP)] = Path("params.yaml"),
-    poll: Annotated[float, typer.Option(min=0.1, help="Seconds between looks at the queue.")] = 5.0,
 ) -> None:
-    """Random search over MODEL's params as real DVC experiments, ranked by dev accuracy.
+    """Optuna search (TPE, median pruning on each epoch's dev accuracy) over MODEL's params,
+    ranked by dev accuracy; every trial a DVC experiment (`dvc exp show`).
 
-    The space, trial count, workers, seed and per-trial budget are in params.yaml under
-    tune.MODEL. Each trial is queued as `dvc exp run --queue --name PREFIX-NN -S path=value`;
-    the queue runs with --workers workers of cores/workers threads each. A failed trial is
-    listed with its reason. Ctrl-C removes the trials still queued and kills the running ones.
+    The space, trials, workers, seed and per-trial budget are in params.yaml under tune.MODEL.
+    The study is kept in --storage: Ctrl-C, then the same command, goes on where it stopped;
+    the same command on other machines with a shared --storage joins the study.
     """
-    from nn.mnist.dvc_queue import TuneError
-    from nn.mnist.params import ParamsError
+    from nn.fast.threads import thread_count
+    from nn.files import DataFileError
+    from nn.mnist.params import ParamsError, dataset_of
+    from nn.mnist.tune import TuneError, check_experiments, make_job
     from nn.mnist.tune import tune as run
 
     try:
-        r = run(Path.cwd(), model, params, out, trials=trials, workers=workers, prefix=prefix,
-                retrain=retrain, poll=poll, echo=typer.echo)
-    except (ParamsError, TuneError, OSError) as e:
+        data = data or Path("data") / dataset_of(model, Path("dvc.yaml"))
+        job, settings, tree = make_job(model, params, data, storage=storage, study=study,
+                                       trials=trials, seed=seed, heartbeat=heartbeat,
+                                       experiments=experiments)
+        if experiments:
+            check_experiments()
+        r = run(job, settings, tree, workers=workers or settings.workers, cores=thread_count(),
+                out=out, retrain_best=retrain, echo=typer.echo)
+    except (ParamsError, TuneError, DataFileError, OSError) as e:
         _fail(str(e))
         raise typer.Exit(EXIT_TUNE) from None
     except KeyboardInterrupt:
-        _fail("interrupted")
+        _fail("interrupted; the study is kept: the same command goes on")
         raise typer.Exit(130) from None
     table = r["table"]
-    shown = table.head(5).drop(columns=["error"]) if (table["status"] == "ok").all() else table.head(5)
-    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    typer.echo(f"tune: best {r['best']}: `dvc exp show`, `dvc exp diff {r['best']}`")
+    ranked = table[table["state"] == "complete"].sort_values("dev_acc", ascending=False)
+    typer.echo(ranked.head(5).drop(columns=["error"]).to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    best = r["best"]
+    typer.echo(f"tune: best trial {best.number}: dev {best.value:.4f}; "
+               f"`dvc exp show`, `dvc exp diff {job.study}-{best.number:03d}`"
+               if experiments else f"tune: best trial {best.number}: dev {best.value:.4f}")
     if r["final"]:
         f = r["final"]
 
         def pct(v):
             return "-" if v is None else f"{100 * v:.2f} %"
-        typer.echo(f"tune: retrained {f['name']}: dev {pct(f['dev_acc'])}, test {pct(f['test_acc'])}"
-                   f" (baseline: dev {pct(f['baseline_dev_acc'])}, test {pct(f['baseline_test_acc'])})")
-        typer.echo(f"tune: keep it with `dvc exp apply {f['name']}` or "
-                   f"`dvc exp branch {f['name']} {f['name']}`")
+        typer.echo(f"tune: retrained: dev {pct(f['dev_acc'])}, test {pct(f['test_acc'])} "
+                   f"(defaults: dev {pct(f.get('default_dev_acc'))}, "
+                   f"test {pct(f.get('default_test_acc'))})")
 
 
 EXIT_REMOTE = 1  # the transfer failed (one line says why); what did arrive is checked out

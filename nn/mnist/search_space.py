@@ -1,13 +1,13 @@
 """`nn tune`'s search space: tune.MODEL of params.yaml, checked against the params it
-searches, and seeded sampling into `dvc exp run -S path=value` overrides."""
+searches, and each distribution asked of an Optuna trial."""
 
 from __future__ import annotations
 
-import math
+import copy
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from nn.mnist.params import Float, Int, Params, ParamsError, Str, read_yaml, validate
@@ -36,24 +36,29 @@ class Distribution(Params):
                 raise ValueError(f"{self.kind}: low {low} must be < high {high}")
             if self.kind == "log_uniform" and low <= 0:
                 raise ValueError(f"log_uniform: low {low} must be > 0")
+        elif any(v is not None and not isinstance(v, (bool, int, float, str)) for v in self.choice):
+            raise ValueError("choice: each value must be a number, a string, true/false or null")
         return self
 
     @property
     def kind(self) -> str:
         return next(k for k in KINDS if getattr(self, k) is not None)
 
-    def draw(self, rng: np.random.Generator) -> Any:
-        """One value; floats kept to 4 significant digits so that names and tables stay short."""
+    def holds(self, value: Any) -> bool:
+        """Whether `value` is one this distribution can give."""
         if self.kind == "choice":
-            return self.choice[int(rng.integers(len(self.choice)))]
-        if self.kind == "int_uniform":
-            return int(rng.integers(self.int_uniform[0], self.int_uniform[1] + 1))
+            return value in self.choice
         low, high = getattr(self, self.kind)
-        if self.kind == "log_uniform":
-            value = math.exp(rng.uniform(math.log(low), math.log(high)))
-        else:
-            value = rng.uniform(low, high)
-        return float(f"{min(max(value, low), high):.4g}")
+        ok = isinstance(value, int) if self.kind == "int_uniform" else isinstance(value, (int, float))
+        return ok and not isinstance(value, bool) and low <= value <= high
+
+    def suggest(self, trial, path: str) -> Any:
+        """This param's value for an Optuna trial (`optuna.Trial`), named by its path."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(path, list(self.choice))
+        if self.kind == "int_uniform":
+            return trial.suggest_int(path, *self.int_uniform)
+        return trial.suggest_float(path, *getattr(self, self.kind), log=self.kind == "log_uniform")
 
 
 class SearchSettings(Params):
@@ -65,9 +70,16 @@ class SearchSettings(Params):
     budget: dict[Str, Any] = {}          # dotted path -> value, for the trials only
     space: Annotated[dict[Str, Distribution], Field(min_length=1)]
 
+    def signature(self, model: str) -> str:
+        """What a study is bound to (the model, the budget and the space): two runs with the
+        same signature may share a study, and a study never mixes two."""
+        return json.dumps({"model": model, "budget": self.budget,
+                           "space": {k: v.model_dump(exclude_defaults=True)
+                                     for k, v in self.space.items()}}, sort_keys=True)
+
 
 def lookup(tree: Any, path: str) -> Any:
-    """The value at a dotted path as `dvc exp run -S` takes it ("mlp.layers.4.p"), or KeyError."""
+    """The value at a dotted path ("mlp.layers.4.p": list items by index), or KeyError."""
     node = tree
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
@@ -77,6 +89,22 @@ def lookup(tree: Any, path: str) -> Any:
         else:
             raise KeyError(path)
     return node
+
+
+def with_values(tree: dict, values: dict[str, Any]) -> dict:
+    """A copy of params.yaml's tree with each dotted path set to its value."""
+    tree = copy.deepcopy(tree)
+    for path, value in values.items():
+        *parents, last = path.split(".")
+        node = lookup(tree, ".".join(parents)) if parents else tree
+        node[int(last) if isinstance(node, list) else last] = value
+    return tree
+
+
+def expand(space: dict[str, Distribution], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params (path -> value) with the `also` paths set alike."""
+    return {p: value for path, value in params.items()
+            for p in (path, *(space[path].also if path in space else ()))}
 
 
 def load_settings(model: str, params: Path) -> tuple[SearchSettings, dict]:
@@ -99,29 +127,3 @@ def load_settings(model: str, params: Path) -> tuple[SearchSettings, dict]:
             raise ParamsError(f"{section}.{where}: {path}: no such param in {params} "
                               f"(list items by index: {model}.layers.4.p)") from None
     return settings, tree
-
-
-def sample(space: dict[str, Distribution], trials: int, seed: int) -> list[dict[str, Any]]:
-    """`trials` dicts of path -> value (the `also` paths included), from one seeded generator."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(trials):
-        trial = {}
-        for path, dist in space.items():
-            value = dist.draw(rng)
-            for p in (path, *dist.also):
-                trial[p] = value
-        out.append(trial)
-    return out
-
-
-def yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def set_args(overrides: dict[str, Any]) -> list[str]:
-    return [a for path, value in overrides.items() for a in ("-S", f"{path}={yaml_value(value)}")]
