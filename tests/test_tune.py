@@ -369,13 +369,14 @@ def test_the_committed_searches_are_the_ones_docs_tuning_describes(model):
 
 
 def test_ctrl_c_keeps_the_study_and_the_same_command_goes_on(tmp_path):
-    folder = write_tune_folder(tmp_path, n_train=4000, trials=4, budget=SLOW_BUDGET)
+    # 20,000 images: an epoch of trial 1 takes long enough on an idle machine to be caught
+    folder = write_tune_folder(tmp_path, n_train=20000, trials=4, budget=SLOW_BUDGET)
     command = [sys.executable, "-m", "nn.mnist.cli", "tune", "mlp", "--no-exp"]
     proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.02)
         try:
             if any(t.state.name == "RUNNING" and t.number == 1 and mid_trial(t)
                    for t in trials_of(folder)):
