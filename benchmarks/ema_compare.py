@@ -32,14 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ruamel.yaml import YAML  # noqa: E402
 
-from nn import engine  # noqa: E402
 from nn.mnist.modelfile import normalize  # noqa: E402
 from nn.optim import WeightAverage  # noqa: E402
 from nn.schedules import make_schedule  # noqa: E402
 from nn.train import evaluate, fit  # noqa: E402
 from nn.mnist.params import read_yaml  # noqa: E402
-from nn.mnist.training import (TrainParams, load_split, make_augment,  # noqa: E402
-                               make_optimizer, subset)
+from nn.mnist.training import TrainParams, load_split, start_run, subset  # noqa: E402
 
 
 class Fixed(WeightAverage):
@@ -108,15 +106,11 @@ def main() -> None:
     x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
     x_dev, y_dev = load_split(data, "dev")
     steps = -(-len(y_train) // p.batch_size)
-    rng = np.random.default_rng(p.seed)
-    net = engine.build(list(p.layers), rng, engine=p.engine)
+    run = start_run(p, args.model, x_train)  # the network, optimiser, normalisation, augment
+    net, rng = run.net, run.rng
     schedule = make_schedule(p.schedule.name, p.optimizer.lr, p.epochs * steps, steps,
                              **p.schedule.args)
-    opt = make_optimizer(p.optimizer, p.engine)
-    norm = {"mean": float(x_train.mean(dtype=np.float64) / 255),
-            "std": float(x_train.std(dtype=np.float64) / 255)}
-    x_train, x_dev = normalize(x_train, norm), normalize(x_dev, norm)
-    augment = make_augment(p, np.float32(-norm["mean"] / norm["std"]))
+    x_train, x_dev = normalize(x_train, run.normalization), normalize(x_dev, run.normalization)
 
     params = net.params
     averages = {"fixed": Fixed(params, decay), "warmup": Warmup(params, decay, 10),
@@ -142,9 +136,10 @@ def main() -> None:
 
     start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):
-        fit(net, opt, x_train, y_train, x_dev, y_dev, epochs=p.epochs, batch_size=p.batch_size,
-            rng=rng, schedule=schedule, augment=augment, label_smoothing=p.label_smoothing,
-            clip_norm=p.clip_norm, on_epoch=on_epoch, on_step=on_step)
+        fit(net, run.optimizer, x_train, y_train, x_dev, y_dev, epochs=p.epochs,
+            batch_size=p.batch_size, rng=rng, schedule=schedule, augment=run.augment,
+            label_smoothing=p.label_smoothing, clip_norm=p.clip_norm, on_epoch=on_epoch,
+            on_step=on_step)
     print(f"{time.perf_counter() - start:.0f} s")
 
 

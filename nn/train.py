@@ -27,23 +27,22 @@ class UselessModelError(RuntimeError):
     """Training ended with a model that scores dev at chance although it learned its training set."""
 
 
-def check_useful(record: dict, y_dev, averaged: bool) -> None:
+def check_useful(record: dict, y_dev: np.ndarray) -> None:
     """Refuse the kept epoch's model when its dev accuracy is at chance while its training
     accuracy is not: such a contradiction is a bug or a data mismatch, never a result.
 
     Chance is the most frequent dev label's share (a constant guess); "at chance" is within a
-    tenth of the way from it to 100 %, "learned" at least half of the way there.
+    tenth of the way from it to 100 %, "learned" at least half of the way there. (The weight
+    average is not a cause: an epoch keeps it only where it scores at least the trained weights.)
     """
-    counts = np.bincount(np.asarray(y_dev.get() if hasattr(y_dev, "get") else y_dev))
+    counts = np.bincount(y_dev)
     chance = counts.max() / counts.sum()
     dev, train = record["dev_acc"], record["train_acc"]
     if dev < chance + 0.1 * (1 - chance) and train >= chance + 0.5 * (1 - chance):
-        cause = ("the weight average (ema) did not follow the training" if averaged else
-                 "dev data that do not match the training data (labels or preprocessing)")
         raise UselessModelError(
             f"training gave a useless model: dev accuracy {dev:.1%} is at chance ({chance:.1%}) "
             f"while training accuracy is {train:.1%} (epoch {record['epoch']}); likely cause: "
-            f"{cause}")
+            f"dev data that do not match the training data (labels or preprocessing)")
 
 
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 1000,
@@ -93,7 +92,8 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     Each record: epoch (1-based), loss (mean training loss), train_acc (running accuracy
     over the epoch's batches in training mode, i.e. while the weights change: cheap, not
     a separate pass), dev_loss and dev_acc (inference mode; None without a dev set),
-    averaged (whether dev_acc is that of the weight average, below), lr (that of the epoch's first step), seconds; all Python numbers, wherever the model lives.
+    averaged (whether dev_acc is that of the weight average, below), lr (that of the epoch's
+    first step), seconds; all Python numbers, wherever the model lives.
     `device` is where the model's parameters live (nn.backend; `model.to(device)` first). The
     data arrive as NumPy, and `transfer` says how they reach the device: "batch" cuts and
     augments each batch on the host and copies it there; "once" copies the training set there
@@ -214,6 +214,5 @@ def fit(model, optimizer, x_train: np.ndarray, y_train: np.ndarray,
     if best_state is not None:
         model.load_state_dict(best_state)
     if has_dev:
-        kept = history[best_epoch - 1] if best_state is not None else history[-1]
-        check_useful(kept, y_dev, averaged=kept["averaged"])
+        check_useful(history[best_epoch - 1] if best_state is not None else history[-1], y_dev)
     return history

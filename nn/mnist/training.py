@@ -189,13 +189,15 @@ class Trained:
 
 def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev: np.ndarray,
                 y_dev: np.ndarray, *, name: str, device: Device = CPU,
-                source: str | Path = "train.npz", label: str | None = None) -> Trained:
+                source: str | Path = "train.npz", label: str | None = None,
+                on_epoch: Callable[[dict], None] | None = None) -> Trained:
     """Train a fresh network as section `name` of params.yaml describes it.
 
     x_train: (N, H, W) uint8 images, y_train: (N,) int labels, the same for dev. A setting the
     data does not fit (batch size, layer sizes, number of classes) is a ParamsError naming the
     key; `source` names the training file in messages. Prints one line per milestone and per
-    epoch, prefixed with `label` (default `name`), and a progress bar on a terminal.
+    epoch, prefixed with `label` (default `name`), and a progress bar on a terminal;
+    `on_epoch(record)` then runs after each epoch's line (nn tune reports to its pruner there).
     """
     label = label or name
     if p.batch_size > len(y_train):
@@ -234,7 +236,7 @@ def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev:
         bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
         bar.update(1)
 
-    def on_epoch(r: dict) -> None:
+    def log_epoch(r: dict) -> None:
         bar.reset()
         bar.set_description(f"{label} epoch {r['epoch'] + 1}", refresh=False)
         tqdm.write(f"{label}: epoch {r['epoch']:3d}/{p.epochs}  loss {r['loss']:.4f}  "
@@ -242,6 +244,8 @@ def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev:
                    f"{' (average)' if r['averaged'] else ''}  lr {r['lr']:.2e}  "
                    f"{r['seconds']:.1f} s")  # the time goes to the log, not to history.csv
         sys.stdout.flush()
+        if on_epoch is not None:
+            on_epoch(r)
 
     # Overflow is caught as DivergedError, with its epoch and step, not as a numpy warning.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -249,7 +253,7 @@ def train_model(p: TrainParams, x_train: np.ndarray, y_train: np.ndarray, x_dev:
                       batch_size=p.batch_size, rng=run.rng, schedule=schedule,
                       augment=run.augment, label_smoothing=p.label_smoothing,
                       clip_norm=p.clip_norm, early_stopping_patience=p.early_stopping_patience,
-                      ema=p.ema, device=device, transfer=p.transfer, on_epoch=on_epoch,
+                      ema=p.ema, device=device, transfer=p.transfer, on_epoch=log_epoch,
                       on_step=None if bar.disable else on_step)
     bar.close()
     return Trained(net, history, run.normalization, classes, input_shape)

@@ -119,34 +119,16 @@ def open_study(job: Job, settings: SearchSettings, tree: dict, worker: int = 0):
     return study
 
 
-@contextlib.contextmanager
 def epoch_reports(trial):
-    """Report each epoch's dev accuracy to `trial` and stop the run once the pruner says so.
-
-    train_model takes no epoch callback of its own, so its `fit` is wrapped for the trial's
-    duration: train_model's own `on_epoch` runs first, then the report. (A `on_epoch` argument
-    of train_model would replace this wrapper.)
-    """
+    """An `on_epoch` for train_model: report each epoch's dev accuracy to `trial` and stop the
+    run once the pruner says so."""
     import optuna
 
-    from nn.mnist import training
-
-    fit = training.fit
-
-    def reporting_fit(*args, on_epoch=None, **kwargs):
-        def both(record: dict) -> None:
-            if on_epoch is not None:
-                on_epoch(record)
-            trial.report(record["dev_acc"], record["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"dev {record['dev_acc']:.4f} at epoch {record['epoch']}")
-        return fit(*args, on_epoch=both, **kwargs)
-
-    training.fit = reporting_fit
-    try:
-        yield
-    finally:
-        training.fit = fit
+    def report(record: dict) -> None:
+        trial.report(record["dev_acc"], record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"dev {record['dev_acc']:.4f} at epoch {record['epoch']}")
+    return report
 
 
 def objective(job: Job, settings: SearchSettings, tree: dict, data: dict, worker: str):
@@ -162,9 +144,10 @@ def objective(job: Job, settings: SearchSettings, tree: dict, data: dict, worker
         try:
             p = validate(TrainParams, section[job.model], job.model)
             x, y = subset(*data["train"], p.train_size, p.seed)
-            with epoch_reports(trial), contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()):
                 trained = train_model(p, x, y, *data["dev"], name=job.model,
-                                      label=f"trial {trial.number}")
+                                      label=f"trial {trial.number}",
+                                      on_epoch=epoch_reports(trial))
         except (ParamsError, DivergedError, UselessModelError, ValueError) as e:
             trial.set_user_attr("error", str(e).splitlines()[0])
             raise
