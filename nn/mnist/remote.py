@@ -107,17 +107,24 @@ def not_in_workspace(root: Path) -> list[str]:
     return sorted(missing)
 
 
+def reachable_default(root: Path, action: str) -> Remote:
+    """The default remote, once its endpoint answers; RemoteError (prefixed with `action`)
+    when there is none or nothing listens there."""
+    remote = default_remote(root)
+    if remote is None:
+        raise RemoteError("no default remote (dvc remote add -d NAME s3://BUCKET/PATH)")
+    if not remote.reachable():
+        raise RemoteError(f"{action}: {remote}: cannot reach the endpoint {remote.endpoint}")
+    return remote
+
+
 def pull(root: Path, run_cache: bool = False) -> str:
     """Fetch dvc.lock's outputs (and the run-cache's entries) from the default remote, then check
     out what the cache holds.
 
     Returns the summary line; raises RemoteError with the one-line reason when anything failed
     (what did arrive is checked out all the same)."""
-    remote = default_remote(root)
-    if remote is None:
-        raise RemoteError("no default remote (dvc remote add -d NAME s3://BUCKET/PATH)")
-    if not remote.reachable():
-        raise RemoteError(f"pull: {remote}: cannot reach the endpoint {remote.endpoint}")
+    remote = reachable_default(root, "pull")
     fetch = dvc(root, "fetch", "-r", remote.name, *(["--run-cache"] if run_cache else []))
     fetched = fetch.stdout + fetch.stderr
     if fetch.returncode != 0 and any(re.search(p, fetched) for p, _ in PROBLEMS):
@@ -158,11 +165,7 @@ def push_run_outputs(root: Path, remote: Remote) -> int:
 def push(root: Path, run_cache: bool = False) -> str:
     """Push dvc.lock's outputs (and the run-cache: its entries and their outputs) to the default
     remote; the summary line."""
-    remote = default_remote(root)
-    if remote is None:
-        raise RemoteError("no default remote (dvc remote add -d NAME s3://BUCKET/PATH)")
-    if not remote.reachable():
-        raise RemoteError(f"push: {remote}: cannot reach the endpoint {remote.endpoint}")
+    remote = reachable_default(root, "push")
     proc = dvc(root, "push", "-r", remote.name, *(["--run-cache"] if run_cache else []))
     if proc.returncode != 0:
         raise RemoteError(f"push: {remote}: {problem(proc.stdout + proc.stderr, remote)}")

@@ -45,7 +45,6 @@ from nn.mnist import explain as explaining
 from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
 from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
-from nn.mnist.pictures import png_bytes
 from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
 from nn.model import Sequential
 
@@ -172,7 +171,7 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         "model": model,
         **prediction_json(top),
         "diagnostics": {
-            "input": "data:image/png;base64," + base64.b64encode(png_bytes(Image.fromarray(x))).decode(),
+            "input": explaining.data_url(Image.fromarray(x)),
             "input_shape": list(x.shape),
             "size": list(diag.size),
             "boxes": [list(b) for b in diag.boxes],
