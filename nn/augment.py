@@ -86,23 +86,58 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
         return x
     xp = array_module(x)
     n, h, w = x.shape[:3]
+    inv, field = draw_maps(rng, n, h, w, rotate, scale, shear, elastic, elastic_sigma)
+    inv, field = xp.asarray(inv), None if field is None else xp.asarray(field)
+    if xp is not np:  # on a GPU, one pass over the whole batch: few kernel launches
+        return resample(x, inv, field, fill)
+    # On the CPU, a few images at a time: the pass's dozen temporaries then stay in cache
+    # (a batch of 128 MNIST-100 pairs: 6.9 ms in one pass, 2.3 ms in chunks of 32 images; 128
+    # MNIST digits with the elastic field 4.0 -> 2.1 ms; 16 or 64 images were slower). Every
+    # step is per pixel, so the result is the same bytes either way.
+    out = np.empty_like(x)
+    step = max(1, WARP_CHUNK_PIXELS // (h * w))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        out[lo:hi] = resample(x[lo:hi], inv[lo:hi], None if field is None else field[lo:hi], fill)
+    return out
+
+
+def draw_maps(rng: np.random.Generator, n: int, h: int, w: int, rotate: float, scale: float,
+              shear: float, elastic: float, elastic_sigma: float):
+    """`random_warp`'s random draws for n images of H x W, on the host: A⁻¹ (N, 2, 2) float32
+    per image, and the elastic displacements (N, 2, H, W) float32, or None without `elastic`."""
     theta = np.deg2rad(rng.uniform(-rotate, rotate, n))
     s = rng.uniform(1 - scale, 1 + scale, n)
     phi = np.deg2rad(rng.uniform(-shear, shear, n))
-    # A⁻¹ = (1/s) · [[1, 0], [-tan φ, 1]] · R(-θ), per image, on the host: (N, 2, 2)
+    # A⁻¹ = (1/s) · [[1, 0], [-tan φ, 1]] · R(-θ)
     cos, sin, t = np.cos(theta), np.sin(theta), np.tan(phi)
     inv = np.empty((n, 2, 2))
     inv[:, 0, 0], inv[:, 0, 1] = cos, sin
     inv[:, 1, 0], inv[:, 1, 1] = -t * cos - sin, -t * sin + cos
     inv /= s[:, None, None]
-    inv = xp.asarray(inv.astype(np.float32))
+    field = elastic_field(rng, n, h, w, elastic, elastic_sigma) if elastic else None
+    return inv.astype(np.float32), field
+
+
+# Pixels (images x H x W) that `random_warp` resamples at a time on the CPU.
+WARP_CHUNK_PIXELS = 32 * 28 * 28
+
+
+def resample(x, inv, field, fill: float):
+    """Bilinear resampling of each image at A⁻¹ of each output pixel's offset from the centre,
+    plus its displacement: the pixel work of `random_warp`, on any array module.
+
+    x: (N, H, W, C); inv: (N, 2, 2) float32, A⁻¹ per image; field: (N, 2, H, W) displacements
+    (rows, columns) or None -> (N, H, W, C), `fill` where a pixel reads from outside the image.
+    """
+    xp = array_module(x)
+    n, h, w = x.shape[:3]
     cy, cx = (h - 1) / 2, (w - 1) / 2
     dy = (xp.arange(h, dtype=np.float32) - cy)[None, :, None]                # (1, H, 1)
     dx = (xp.arange(w, dtype=np.float32) - cx)[None, None, :]                # (1, 1, W)
     src_y = inv[:, 0, 0, None, None] * dy + inv[:, 0, 1, None, None] * dx + cy   # (N, H, W)
     src_x = inv[:, 1, 0, None, None] * dy + inv[:, 1, 1, None, None] * dx + cx
-    if elastic:
-        field = xp.asarray(elastic_field(rng, n, h, w, elastic, elastic_sigma))
+    if field is not None:
         src_y, src_x = src_y + field[:, 0], src_x + field[:, 1]
     # Pad with the fill (1 before, 2 after) and clamp the source to [-1, H] x [-1, W]: a pixel
     # that lands outside then reads only fill, and every tap is inside the padded image.

@@ -97,3 +97,18 @@ def test_the_elastic_field_moves_pixels_after_the_affine_map():
     plain = random_warp(x, np.random.default_rng(5), rotate=5, fill=-0.5)
     assert not np.allclose(random_warp(x, np.random.default_rng(5), rotate=5, elastic=20, fill=-0.5),
                            plain)
+
+
+@pytest.mark.parametrize("chunk", [1, 9 * 9 * 4, 10 ** 9])
+def test_the_cpu_chunks_give_the_same_bytes_as_one_pass(monkeypatch, chunk):
+    """On the CPU random_warp resamples a few images at a time (for the cache); every step is
+    per pixel, so chunks of 1 image, of 4 (the last one short) or one pass give the same bytes."""
+    import nn.augment
+
+    x = images((11, 9, 9, 2))
+    kw = dict(rotate=20, scale=0.1, shear=10, elastic=3, elastic_sigma=2, fill=-0.5)
+    monkeypatch.setattr(nn.augment, "WARP_CHUNK_PIXELS", chunk)
+    chunked = random_warp(x, np.random.default_rng(3), **kw)
+    rng = np.random.default_rng(3)  # the same draws, then the pixel work as one pass
+    inv, field = nn.augment.draw_maps(rng, x.shape[0], 9, 9, **{k: kw[k] for k in kw if k != "fill"})
+    assert np.array_equal(chunked, nn.augment.resample(x, inv, field, -0.5))

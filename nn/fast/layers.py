@@ -59,7 +59,7 @@ class Linear(_Grads, ref.Linear):
             if "b" in self.params:
                 out[lo:hi] += self.params["b"]
 
-        threads.parallel_rows(rows, x.shape[0], x.shape[0] * w.size // 64 if threads.split_matmuls() else 0)
+        threads.parallel_rows(rows, x.shape[0], x.shape[0] * w.size // 8 if threads.split_matmuls() else 0)
         self.cache = x if training else None
         return out
 
@@ -67,8 +67,9 @@ class Linear(_Grads, ref.Linear):
         x = self._need_cache()
         w = self.params["W"]
         dw = self._grad_out("W", w.shape, np.result_type(x, dout))
-        # split over threads only inside a CNN's one-thread-BLAS pass, for big enough products
-        size = x.shape[0] * w.size // 64 if threads.split_matmuls() else 0
+        # split over threads only inside a CNN's one-thread-BLAS pass, for products from 2^22
+        # multiply-adds up (threads.parallel_rows splits from 2^19 "numbers")
+        size = x.shape[0] * w.size // 8 if threads.split_matmuls() else 0
 
         def in_rows(lo, hi):  # rows of W: independent slices of x.T @ dout
             np.matmul(x[:, lo:hi].T, dout, out=dw[lo:hi])
