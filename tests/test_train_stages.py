@@ -296,3 +296,18 @@ def test_report_needs_model_dataset_pairs(tmp_path, data, models, message):
                                              "--out", str(page), *models])
     assert result.exit_code == 1
     assert f"report: error: {message}" in result.output and not page.exists()
+
+
+def test_the_normalization_from_pixel_counts_is_numpys_mean_and_std():
+    """normalization_of counts the 256 values of uint8 images (a chunk of 2^22 pixels at a time)
+    instead of numpy's float64 passes over every pixel: the same numbers."""
+    from nn.mnist.training import normalization_of
+
+    images = np.random.default_rng(0).integers(0, 256, (5_400, 28, 28), dtype=np.uint8)  # 2 chunks
+    images[:2_000] //= 7  # a skewed histogram, as MNIST's
+    norm = normalization_of(images, "train.npz")
+    expected = normalization_of(images.astype(np.float32), "train.npz")  # numpy's passes
+    assert norm["mean"] == pytest.approx(expected["mean"], rel=1e-12)
+    assert norm["std"] == pytest.approx(expected["std"], rel=1e-12)
+    with pytest.raises(ValueError, match="every training image pixel is the same"):
+        normalization_of(np.full((3, 4, 4), 9, np.uint8), "train.npz")
