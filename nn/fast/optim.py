@@ -5,8 +5,9 @@ array, each allocating its result: about 130 calls a step for the default CNN, o
 Here the moments `m` and `v` of all parameters live in two flat buffers (each parameter's state
 is a view into them, so `state_dict()` is unchanged) and the same operations, in the same order
 with the same constants, run as in-place passes through one scratch buffer over the whole
-buffer, one half on each of the engine's threads. Elementwise passes do not depend on how the
-buffer is split: the result is bit-identical to the reference optimiser's.
+buffer, one half on each of the engine's threads where it is big enough
+(`threads.PARALLEL_MIN_SIZE`). Elementwise passes do not depend on how the buffer is split: the
+result is bit-identical to the reference optimiser's.
 
 `FastSequential` keeps its parameters and gradients as views into flat buffers in this same
 order (`flat_order`), and the update reads and writes them in place: measured per step, the
