@@ -386,7 +386,7 @@ def main():
     sgemm, lo, hi = spread(rates)
     print(f"nn/ benchmark, {date.today()}, {machine()}, numpy {np.__version__}"
           + (f", torch {torch.__version__} (2 threads)" if torch else "")
-          + f", sgemm {args.sgemm}: {sgemm:.1f} [{lo:.1f}-{hi:.1f}] GFLOP/s ({len(rates)} rounds)")
+          + f", sgemm {args.sgemm}: {sgemm:.1f} [{lo:.1f}-{hi:.1f}] GFLOP/s ({len(rates)} products, one per round)")
     print("ms: median of all timed calls; GFLOP/s: Linear and Conv2d matmul FLOPs / median ms, "
           "% of the sgemm's median; ratio fast / torch: median [min-max] over rounds, 'ahead' if all < 1")
     columns = [c for c in ("fast", "reference", "torch", "torch channels_last")
