@@ -271,3 +271,28 @@ def test_every_course_page_ends_with_its_exercise_and_questions():
         assert 2 <= len(re.findall(r"^\d\. ", end, re.M)) <= 3, f"{name}: two or three questions"
         for exercise in re.findall(r"python -m exercises check (\w+)", end):
             assert (ROOT / "exercises" / f"{exercise}.py").is_file(), f"{name}: no exercise {exercise}"
+
+
+def test_the_layer_figures_are_drawn_by_the_layers_own_code(monkeypatch):
+    """Break col2im's scatter-add (assign instead of add, wrong where windows overlap): the figure
+    drawn with it goes stale, so a change in the math cannot leave an old picture behind. (The
+    2x2 max pool's windows do not overlap, so its figure is the same either way.)"""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import make_docs
+    finally:
+        sys.path.remove(str(DOCS))
+    import nn.layers
+
+    def col2im_assigning(dcols, x_shape, pads, sh, sw):
+        n, h, w, c = x_shape
+        _, ho, wo, kh, kw, _ = dcols.shape
+        dx = np.zeros(x_shape, dcols.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                dx[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] = dcols[:, :, :, a, b]
+        return dx
+
+    monkeypatch.setattr(nn.layers, "col2im", col2im_assigning)
+    stale = make_docs.stale()
+    assert stale == ["docs/figures/col2im.png"], stale
