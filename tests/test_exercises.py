@@ -131,6 +131,68 @@ def test_a_version_that_raises_or_returns_a_wrong_shape_or_nan_gets_one_line(cls
     assert not r[what].ok and message in r[what].line and "\n" not in r[what].line, r[what]
 
 
+class LoopConv2d(nn.layers.Conv2d):
+    """A learner's answer to conv2d_loops, not the reference: loops over pixels and channels."""
+    def forward(self, x, training):
+        t, b_, l, r = self.pads
+        xp = np.pad(x, ((0, 0), (t, b_), (l, r), (0, 0)))
+        W, b = self.params["W"], self.params["b"]
+        kh, kw, cin, cout = W.shape
+        n, hp, wp, _ = xp.shape
+        ho, wo = (hp - kh) // self.sh + 1, (wp - kw) // self.sw + 1
+        out = np.zeros((n, ho, wo, cout))
+        for i in range(ho):
+            for j in range(wo):
+                win = xp[:, i * self.sh:i * self.sh + kh, j * self.sw:j * self.sw + kw, :]
+                for o in range(cout):
+                    out[:, i, j, o] = (win * W[:, :, :, o]).sum(axis=(1, 2, 3)) + b[o]
+        self.cache = (x.shape, xp)
+        return out
+
+    def backward(self, dout):
+        x_shape, xp = self.cache
+        W = self.params["W"]
+        kh, kw, cin, cout = W.shape
+        dW, dxp = np.zeros_like(W), np.zeros_like(xp)
+        n, ho, wo, _ = dout.shape
+        for i in range(ho):
+            for j in range(wo):
+                si, sj = i * self.sh, j * self.sw
+                win = xp[:, si:si + kh, sj:sj + kw, :]
+                for o in range(cout):
+                    g = dout[:, i, j, o][:, None, None, None]
+                    dW[:, :, :, o] += (win * g).sum(axis=0)
+                    dxp[:, si:si + kh, sj:sj + kw, :] += W[:, :, :, o] * g
+        self.grads["W"] = dW
+        self.grads["b"] = dout.sum(axis=(0, 1, 2))
+        t, b_, l, r = self.pads
+        return dxp[:, t:t + x_shape[1], l:l + x_shape[2]]
+
+
+class OverwritingLoopConv2d(LoopConv2d):
+    def backward(self, dout):
+        dx = super().backward(dout)
+        x_shape, xp = self.cache
+        kh, kw = self.params["W"].shape[:2]
+        dxp = np.zeros_like(xp)
+        for i in range(dout.shape[1]):
+            for j in range(dout.shape[2]):
+                si, sj = i * self.sh, j * self.sw
+                for o in range(dout.shape[3]):
+                    g = dout[:, i, j, o][:, None, None, None]
+                    dxp[:, si:si + kh, sj:sj + kw, :] = self.params["W"][:, :, :, o] * g  # = not +=
+        t, _, left, _ = self.pads
+        return dxp[:, t:t + x_shape[1], left:left + x_shape[2]] + 0 * dx
+
+
+def test_a_loop_answer_passes_and_overwriting_instead_of_adding_fails_dx():
+    assert all(r.ok for r in check("conv2d_loops", SimpleNamespace(Conv2d=LoopConv2d)))
+    r = _lines(check("conv2d_loops", SimpleNamespace(Conv2d=OverwritingLoopConv2d)))
+    bad = [w for w, res in r.items() if not res.ok]
+    assert bad == ["stride 1, padding 1: dx", "stride 2: dx"], bad
+    assert "add, do not overwrite" in r["stride 2: dx"].line
+
+
 def test_adam_without_bias_correction_fails_at_the_first_step():
     class NoBiasCorrection(nn.optim.Adam):
         def _update(self, name, p, g, state):
