@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from nn import layers  # noqa: E402
 from nn.mnist import preprocess  # noqa: E402
 from nn.model import Sequential  # noqa: E402
 from nn.schedules import make_schedule  # noqa: E402
@@ -192,7 +193,126 @@ def figure_preprocess() -> Image.Image:
     return sheet
 
 
-FIGURES_DRAWN = {"preprocess.png": figure_preprocess}
+# The figures of the layers' pages (03, 04, 05): small arrays through the reference layers'
+# own functions, drawn as grids of cells, one colour per window or per gradient path.
+
+CELL, GAP = 26, 18
+WINDOW_COLOURS = [(230, 60, 60), (40, 120, 220), (40, 170, 80), (220, 150, 20)]
+WHITE = (255, 255, 255)
+
+
+def _sheet(panels: list[Image.Image]) -> Image.Image:
+    """Panels side by side on white, centred vertically."""
+    h = max(p.height for p in panels) + 2 * GAP
+    sheet = Image.new("RGB", (sum(p.width for p in panels) + GAP * (len(panels) + 1), h), WHITE)
+    x = GAP
+    for p in panels:
+        sheet.paste(p, (x, (h - p.height) // 2))
+        x += p.width + GAP
+    return sheet
+
+
+def _grid(values: np.ndarray, colours: np.ndarray | None = None, vmax: float | None = None) -> Image.Image:
+    """A 2-D array as cells: grey by value (0 white, vmax black), or tinted by `colours` (H, W, 3)
+    where given (the value sets the tint's strength); thin grey lines between cells."""
+    h, w = values.shape
+    vmax = float(np.abs(values).max()) or 1.0 if vmax is None else vmax
+    strength = np.clip(np.abs(values) / vmax, 0, 1)[..., None]
+    base = np.zeros((h, w, 3)) if colours is None else np.asarray(colours, float)
+    rgb = np.rint(255 * (1 - strength) + base * strength).astype(np.uint8)
+    im = Image.fromarray(rgb, "RGB").resize((w * CELL, h * CELL), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    for i in range(h + 1):
+        draw.line((0, min(i * CELL, h * CELL - 1), w * CELL, min(i * CELL, h * CELL - 1)), fill=(170, 170, 170))
+    for j in range(w + 1):
+        draw.line((min(j * CELL, w * CELL - 1), 0, min(j * CELL, w * CELL - 1), h * CELL), fill=(170, 170, 170))
+    return im
+
+
+def _outline(im: Image.Image, top: int, left: int, h: int, w: int, colour, inset: int = 2) -> None:
+    ImageDraw.Draw(im).rectangle((left * CELL + inset, top * CELL + inset, (left + w) * CELL - 1 - inset,
+                                  (top + h) * CELL - 1 - inset), outline=colour, width=3)
+
+
+def figure_im2col() -> Image.Image:
+    """A 5x5 input, three of its 3x3 windows outlined | nn.layers.im2col's matrix: one row per
+    window (9 rows of 9), the outlined windows' rows framed in the same colours."""
+    x = (np.arange(25.0).reshape(1, 5, 5, 1) * 7) % 25 + 1          # varied greys, no white cell
+    cols = layers.im2col(x, 3, 3, 1, 1).reshape(9, 9)               # (Ho*Wo, kh*kw*C)
+    left, right = _grid(x[0, :, :, 0], vmax=30), _grid(cols, vmax=30)
+    for k, (i, j) in enumerate([(0, 0), (0, 2), (2, 1)]):
+        _outline(left, i, j, 3, 3, WINDOW_COLOURS[k])
+        _outline(right, i * 3 + j, 0, 1, 9, WINDOW_COLOURS[k])
+    return _sheet([left, right])
+
+
+def figure_col2im() -> Image.Image:
+    """nn.layers.col2im of all-ones window gradients: each input pixel darker by the number of
+    3x3 windows it lies in, stride 1 (counts up to 9) | stride 2 (up to 4), windows outlined."""
+    panels = []
+    for stride, size in ((1, 5), (2, 5)):
+        ho = (size - 3) // stride + 1
+        dx = layers.col2im(np.ones((1, ho, ho, 3, 3, 1)), (1, size, size, 1), (0, 0, 0, 0), stride, stride)
+        panel = _grid(dx[0, :, :, 0], vmax=9)
+        for k, (i, j) in enumerate([(0, 0), (0, ho - 1), (ho - 1, 0), (ho - 1, ho - 1)]):
+            _outline(panel, i * stride, j * stride, 3, 3, WINDOW_COLOURS[k], inset=2 + 2 * k)
+        panels.append(panel)
+    return _sheet(panels)
+
+
+def figure_maxpool() -> Image.Image:
+    """MaxPool2d(2) on a 4x4 input: the input, each window's first maximum framed in its window's
+    colour (the top-right window holds a tie) | dout, one colour per window | dx from the layer's
+    backward: each gradient on its window's first maximum only."""
+    x = np.array([[1, 3, 5, 5], [2, 0, 1, 2], [4, 1, 0, 6], [2, 2, 3, 1]], float).reshape(1, 4, 4, 1)
+    pool = layers.MaxPool2d(2)
+    pool.forward(x, training=True)
+    dout = np.array([[1.0, 0.6], [0.8, 0.4]]).reshape(1, 2, 2, 1)
+    dx = pool.backward(dout)[0, :, :, 0]
+    tint = np.zeros((4, 4, 3))
+    for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        tint[2 * i:2 * i + 2, 2 * j:2 * j + 2] = WINDOW_COLOURS[k]
+    left = _grid(x[0, :, :, 0], vmax=8)
+    for i, j in zip(*np.nonzero(dx)):
+        _outline(left, i, j, 1, 1, tuple(int(c) for c in tint[i, j]))
+    middle = _grid(dout[0, :, :, 0], colours=tint[::2, ::2], vmax=1)
+    right = _grid(dx, colours=tint, vmax=1)
+    return _sheet([left, middle, right])
+
+
+def figure_batchnorm() -> Image.Image:
+    """BatchNorm's three gradient paths for one channel of 8 values, as bars around a zero line:
+    g = γ·dout (direct) | −mean(g) (through μ) | −x̂·mean(g·x̂) (through σ²) | their sum / σ̃,
+    which is BatchNorm1d.backward's dx (the figure asserts it)."""
+    x = np.array([[0.5], [2.0], [-1.0], [3.0], [1.0], [-2.0], [0.0], [4.0]])
+    dout = np.array([[0.5], [1.0], [-0.75], [1.0], [-0.5], [-0.25], [0.75], [1.0]])
+    bn = layers.BatchNorm1d(1, dtype=np.float64)
+    bn.params["gamma"][...] = 1.5
+    bn.forward(x, training=True)
+    x_hat, inv_std = bn.cache
+    dx = bn.backward(dout)
+    g = dout * bn.params["gamma"]
+    paths = [g, -g.mean(axis=0) + 0 * g, -x_hat * (g * x_hat).mean(axis=0)]
+    assert np.allclose(inv_std * sum(paths), dx), "the three paths no longer add up to backward's dx"
+    colours = [(40, 120, 220), (230, 60, 60), (40, 170, 80), (60, 60, 60)]
+    bar, half = 14, 60                                           # bar width, pixels per unit
+    vmax = max(float(np.abs(a).max()) for a in [*paths, dx])
+    panels = []
+    for values, colour in zip([*paths, dx], colours):
+        im = Image.new("RGB", (len(values) * (bar + 4) + 4, 2 * half + 2), (246, 246, 246))
+        draw = ImageDraw.Draw(im)
+        for k, v in enumerate(values[:, 0]):
+            top = half - round(v / vmax * half)
+            x0 = 4 + k * (bar + 4)
+            draw.rectangle((x0, min(top, half), x0 + bar - 1, max(top, half)), fill=colour)
+        draw.line((0, half, im.width, half), fill=(120, 120, 120))
+        panels.append(im)
+    return _sheet(panels)
+
+
+FIGURES_DRAWN = {"preprocess.png": figure_preprocess, "im2col.png": figure_im2col,
+                 "col2im.png": figure_col2im, "maxpool.png": figure_maxpool,
+                 "batchnorm.png": figure_batchnorm}
 
 
 # ------------------------------------------------------------------------------------ main

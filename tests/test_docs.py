@@ -232,3 +232,67 @@ def test_the_readme_is_short_and_links_every_task_page():
     assert len(readme.splitlines()) <= 200
     for page in ("results", "params", "library", "predict", "serve", "tuning", "speed", "gpu"):
         assert f"(docs/{page}.md)" in readme, f"README.md does not link docs/{page}.md"
+
+
+def course_order() -> tuple[list[str], list[str]]:
+    """The course's pages and the engineering section's, in the order docs/README.md lists them."""
+    index = (DOCS / "README.md").read_text()
+    course, _, rest = index.partition("**The engineering**")
+    pages = lambda text: re.findall(r"^\| \[\d\d · [^]]+\]\((\d\d-[\w-]+\.md)\)", text, re.M)
+    return pages(course), pages(rest.partition("Using the project")[0])
+
+
+def test_the_course_runs_00_to_08_then_12_with_previous_and_next_on_every_page():
+    course, engineering = course_order()
+    assert [p[:2] for p in course] == ["00", "01", "02", "03", "04", "05", "06", "07", "08", "12", "13"]
+    assert [p[:2] for p in engineering] == ["09", "10", "11"]
+    numbered = sorted(p.name for p in DOCS.glob("[0-9][0-9]-*.md"))
+    assert sorted(course + engineering) == numbered, "a numbered page in neither section"
+    for path in (course, engineering):
+        for i, name in enumerate(path):
+            nav = (DOCS / name).read_text().split("\n")[2]  # the line under the title
+            assert nav.startswith("[Guide index](README.md)"), f"{name}: no navigation line"
+            if i > 0 and path is course:
+                assert f"previous: [{path[i - 1][:2]} · " in nav and f"({path[i - 1]})" in nav, name
+            if i + 1 < len(path):
+                assert f"next: [{path[i + 1][:2]} · " in nav and f"({path[i + 1]})" in nav, name
+            else:
+                assert "next:" not in nav, f"{name} is the last of its section"
+
+
+def test_every_course_page_ends_with_its_exercise_and_questions():
+    course, _ = course_order()
+    for name in course:
+        text = (DOCS / name).read_text()
+        assert "\n## Do it yourself\n" in text, name
+        end = text.split("\n## Do it yourself\n")[1]
+        assert "**Exercise" in end and "**Questions.**" in end, name
+        assert "\n## " not in end, f"{name}: the exercise is not the page's last section"
+        assert 2 <= len(re.findall(r"^\d\. ", end, re.M)) <= 3, f"{name}: two or three questions"
+        for exercise in re.findall(r"python -m exercises check (\w+)", end):
+            assert (ROOT / "exercises" / f"{exercise}.py").is_file(), f"{name}: no exercise {exercise}"
+
+
+def test_the_layer_figures_are_drawn_by_the_layers_own_code(monkeypatch):
+    """Break col2im's scatter-add (assign instead of add, wrong where windows overlap): the figure
+    drawn with it goes stale, so a change in the math cannot leave an old picture behind. (The
+    2x2 max pool's windows do not overlap, so its figure is the same either way.)"""
+    sys.path.insert(0, str(DOCS))
+    try:
+        import make_docs
+    finally:
+        sys.path.remove(str(DOCS))
+    import nn.layers
+
+    def col2im_assigning(dcols, x_shape, pads, sh, sw):
+        n, h, w, c = x_shape
+        _, ho, wo, kh, kw, _ = dcols.shape
+        dx = np.zeros(x_shape, dcols.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                dx[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw] = dcols[:, :, :, a, b]
+        return dx
+
+    monkeypatch.setattr(nn.layers, "col2im", col2im_assigning)
+    stale = make_docs.stale()
+    assert stale == ["docs/figures/col2im.png"], stale

@@ -1,0 +1,1 @@
+"""Exercises that grade themselves: write a layer, then `python -m exercises check NAME`."""
