@@ -243,7 +243,8 @@ def serve(
 
 MODEL_HELP = "Model name: its params.yaml section (mlp, cnn)."
 PARAMS_HELP = "Params file."
-EXIT_TUNE = 1  # bad params, storage or study, or a worker died
+EXIT_TUNE = 1  # bad params, storage or study, a worker died, or the search stopped itself
+EXIT_TRIALS_FAILED = 3  # the search ran, and some of this run's trials failed
 
 
 @app.command("lr-find")
@@ -338,6 +339,9 @@ def tune(
     The space, trials, workers, seed and per-trial budget are in params.yaml under tune.MODEL.
     The study is kept in --storage: Ctrl-C, then the same command, goes on where it stopped;
     the same command on other machines with a shared --storage joins the study.
+
+    Exit status: 0 done, 1 bad params, storage or study, a worker died, or the search stopped
+    (3 trials failed in a row), 3 done but some trials of this run failed, 130 Ctrl-C.
     """
     from nn.fast.threads import thread_count
     from nn.files import DataFileError
@@ -376,6 +380,10 @@ def tune(
         typer.echo(f"tune: retrained: dev {pct(f['dev_acc'])}, test {pct(f['test_acc'])} "
                    f"(defaults: dev {pct(f.get('default_dev_acc'))}, "
                    f"test {pct(f.get('default_test_acc'))})")
+    count, first = r["failed"]
+    if count:
+        _fail(f"{count} trial(s) of this run failed (not counted, replaced); the first, {first}")
+        raise typer.Exit(EXIT_TRIALS_FAILED)
 
 
 EXIT_REMOTE = 1  # the transfer failed (one line says why); what did arrive is checked out
