@@ -148,7 +148,7 @@ def check_out(out: Path) -> None:
 def change_report(root: Path, base: str, out: Path, top: int = 5) -> Path:
     """Write OUT/README.md (with its pictures) and OUT/plots/: all the files, or none (every
     one is made first, then they replace the old ones together); the README's path."""
-    from nn.files import write_together
+    from nn.files import os_reason, write_together
 
     check_out(out)
     if _run(root, "git", "rev-parse", "--git-dir").returncode:
@@ -165,7 +165,7 @@ def change_report(root: Path, base: str, out: Path, top: int = 5) -> Path:
             for path, data in files.items():
                 outputs.write_bytes(out / path, data)
     except OSError as e:
-        reason = f"{e.filename}: {e.strerror.lower()}" if e.filename and e.strerror else e
+        reason = f"{e.filename}: {os_reason(e)}" if e.filename and e.strerror else e
         raise ChangeReportError(f"--out {out}: cannot write {reason}") from None
     return out / "README.md"
 
