@@ -481,6 +481,28 @@ def test_the_defaults_trial_is_run_again_until_it_completes(tmp_path, monkeypatc
     assert again.exit_code == 0 and list(table["defaults"]) == [True, True, False, False, False]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_defaults_trial_runs_again_in_a_study_that_is_full(tmp_path, monkeypatch):
+    import optuna
+
+    from nn.mnist import tune
+
+    folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1})
+    monkeypatch.chdir(folder)
+    job, settings, tree = tune.make_job("mlp", Path("params.yaml"), Path("data/mnist"),
+                                        storage=None, study=None, trials=2, seed=None,
+                                        heartbeat=1, experiments=False)
+    study = tune.open_study(job, settings, tree, queue_defaults=True)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)   # the defaults', interrupted
+    for _ in range(2):                                            # then the study filled up
+        study.tell(study.ask(), 0.5)
+    result = nn_tune(folder, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table["defaults"]) == [True, False, False, True]
+    assert list(table["state"]) == ["fail", "complete", "complete", "complete"]
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
                                  "sqlite:///file:x?mode=memory&uri=true"])
 def test_a_storage_in_memory_is_refused_in_one_line(tmp_path, url):
@@ -501,3 +523,23 @@ def test_a_missing_postgresql_driver_names_the_team_extra(tmp_path, monkeypatch)
     assert result.output.startswith("error: storage postgresql://someone:***@127.0.0.1:1/db: its "
                                     "database driver is not installed (")
     assert result.output.strip().endswith("(pip install -e '.[team]' installs it)")
+
+
+def test_the_defaults_trial_is_never_pruned():
+    import optuna
+
+    from nn.mnist.tune import epoch_reports
+
+    class Trial:  # a pruner that would stop any trial at once
+        def __init__(self, defaults):
+            self.user_attrs = {"defaults": True} if defaults else {}
+
+        def report(self, value, step):
+            pass
+
+        def should_prune(self):
+            return True
+
+    epoch_reports(Trial(defaults=True))({"dev_acc": 0.1, "epoch": 1})   # runs its budget
+    with pytest.raises(optuna.TrialPruned):
+        epoch_reports(Trial(defaults=False))({"dev_acc": 0.1, "epoch": 1})

@@ -327,7 +327,9 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
     run = objective(job, settings, tree, data, worker)
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
-        if counted(study) < job.trials:
+        # a queued trial (the defaults', run again) runs even in a full study
+        if counted(study) < job.trials or study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             study.optimize(run, callbacks=callbacks, gc_after_trial=True,
                            catch=(ValueError, DivergedError, UselessModelError))
             if failing.stopped:
