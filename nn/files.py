@@ -134,6 +134,12 @@ def write_together() -> Iterator[Outputs]:
         _fsync_dir(folder)  # makes the renames durable
 
 
+def os_reason(e: OSError) -> str:
+    """An OSError as the reason in a one-line message: the system's words in lower case ("no
+    such file or directory"), or the message as it was raised (its paths keep their case)."""
+    return e.strerror.lower() if e.strerror else str(e)
+
+
 def check_writable(*paths: str | os.PathLike) -> None:
     """Raise OSError, naming the path, unless each of `paths` can be replaced by a new file:
     not a folder, and in a folder this process may write to (or may create)."""
@@ -246,7 +252,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
         raise DataFileError(f"{path}: truncated or corrupt .npz ({e})") from None
     except OSError as e:
-        raise DataFileError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
+        raise DataFileError(f"{path}: cannot read ({os_reason(e)})") from None
 
 
 @dataclass(frozen=True)

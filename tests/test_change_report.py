@@ -1,5 +1,6 @@
 """`nn change-report` on a copy of the committed reports (main) and a changed workspace."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -77,3 +78,89 @@ def test_a_base_dvc_cannot_read_is_one_line_not_a_column_of_dashes(changed):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: change-report: dvc params diff: failed to load"), proc.stderr
     assert "expected 'url'" in proc.stderr
+
+
+def listing(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("table, change, message", [
+    ("per_class.csv", lambda t: t.drop(columns=["class"]),
+     "reports/mlp/per_class.csv: no column 'class' (has: "),
+    ("history.csv", lambda t: t.head(0), "reports/mlp/history.csv: no rows, only a header"),
+    ("per_class.csv", lambda t: t.assign(f1="high"),
+     "reports/mlp/per_class.csv: column 'f1' holds a value that is not a number"),
+])
+def test_a_malformed_report_table_is_one_line_naming_it_and_nothing_is_written(
+        changed, table, change, message):
+    path = changed / "reports" / "mlp" / table
+    change(pd.read_csv(path)).to_csv(path, index=False)
+    out = changed / "change-report"
+    out.mkdir()
+    (out / "README.md").write_text("the old report\n")
+    proc = nn(changed, "change-report", "--base", "main", "--out", "change-report")
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: change-report: {message}")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert listing(out) == {"README.md": b"the old report\n"}
+
+
+def test_a_binary_table_is_one_line_too(changed):
+    (changed / "reports" / "mlp" / "history.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    proc = nn(changed, "change-report", "--base", "main")
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "error: change-report: reports/mlp/history.csv: not a CSV table ("), proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_out_is_checked_before_any_work(changed):
+    (changed / "a-file").write_text("mine\n")
+    proc = nn(changed, "change-report", "--out", "a-file")
+    assert proc.returncode == 1
+    assert proc.stderr == "error: change-report: --out a-file: is a file, not a folder\n"
+    (changed / "a-file" ).unlink()
+    (changed / "report" / "README.md").mkdir(parents=True)        # cannot be replaced by a file
+    proc = nn(changed, "change-report", "--out", "report")
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: change-report: --out report: report/README.md: is a folder, not a file that can "
+        "be replaced\n")
+    assert listing(changed / "report") == {}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_in_a_read_only_folder_is_one_line(changed):
+    (changed / "locked").mkdir()
+    (changed / "locked").chmod(0o555)
+    proc = nn(changed, "change-report", "--out", "locked/report")
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: change-report: --out locked/report: locked/report/README.md: the folder locked "
+        "is not writable\n")
+
+
+def test_outside_a_git_repository_is_one_line(tmp_path):
+    (tmp_path / "reports" / "mlp").mkdir(parents=True)
+    shutil.copy(REPO / "reports/mlp/per_class.csv", tmp_path / "reports/mlp/per_class.csv")
+    proc = nn(tmp_path, "change-report")
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: change-report: not in a git repository: the report compares the workspace with "
+        "a git revision\n")
+    assert not (tmp_path / "change-report").exists()
+
+
+@pytest.mark.slow  # two full reports' DVC calls: ~30 s on the shared machine
+def test_a_picture_that_cannot_land_leaves_the_old_report_whole(changed):
+    """The pictures and the README are made, then all land or none does: a folder where one
+    picture goes stops them all, the old README stays beside nothing new."""
+    out = changed / "change-report"
+    (out / "mlp-curves.png").mkdir(parents=True)
+    (out / "README.md").write_text("the old report\n")
+    proc = nn(changed, "change-report", "--base", "main")
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: change-report: --out change-report: cannot write change-report/mlp-curves.png: "
+        "is a folder, not a file that can be replaced\n")
+    assert listing(out) == {"README.md": b"the old report\n"}
+    (out / "mlp-curves.png").rmdir()
+    proc = nn(changed, "change-report", "--base", "main")
+    assert proc.returncode == 0, proc.stderr
+    assert "the old report" not in (out / "README.md").read_text()
+    html = (out / "plots" / "index.html").read_text()
+    assert "change-report-plots-" not in html     # nothing points into the temporary folder

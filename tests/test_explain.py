@@ -237,3 +237,52 @@ def test_nn_explain_bad_input(model_paths, tmp_path):
     result = runner.invoke(app, ["explain", str(tmp_path / "notes.txt"), "--model", str(tmp_path / "none.npz")])
     assert result.exit_code == 2 and result.output.startswith("error: ") and len(result.output.splitlines()) == 1
     assert not (tmp_path / "s.png").exists()
+
+
+def test_nn_explain_reads_stdin_as_nn_predict_does(model_paths, tmp_path):
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["explain", "-", "--model", str(model_paths["cnn"]), "--out", str(out)],
+                                input=drawing("71"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("-: ") and Image.open(out).format == "PNG"
+    result = CliRunner().invoke(app, ["explain", "-", "--model", str(model_paths["cnn"]), "--out",
+                                      str(tmp_path / "other.png")], input=b"not an image")
+    assert result.exit_code == 1 and result.output.startswith("error: -: not an image")
+
+
+def test_nn_explain_out_is_not_overwritten_without_force_and_takes_its_extension(model_paths, tmp_path):
+    image = tmp_path / "71.png"
+    image.write_bytes(drawing("71"))
+    runner = CliRunner()
+
+    def explain(out, *more):
+        return runner.invoke(app, ["explain", str(image), "--model", str(model_paths["cnn"]), "--out", str(out), *more])
+
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my own picture")
+    result = explain(mine)
+    assert result.exit_code == 1 and result.output == f"error: {mine}: exists; --out does not overwrite files without --force\n"
+    assert mine.read_bytes() == b"my own picture"
+    assert explain(mine, "--force").exit_code == 0 and Image.open(mine).format == "PNG"
+    for name, form in (("sheet.jpg", "JPEG"), ("sheet.JPEG", "JPEG"), ("sheet.webp", "WEBP")):
+        assert explain(tmp_path / name).exit_code == 0 and Image.open(tmp_path / name).format == form
+    for name, ext in (("sheet.txt", "'.txt'"), ("sheet", "'a name without an extension'")):
+        result = explain(tmp_path / name)
+        assert result.exit_code == 1 and result.output.startswith(
+            f"error: {tmp_path / name}: cannot write a picture as {ext} (give one of ") and ".png" in result.output
+        assert not (tmp_path / name).exists()
+
+
+def test_messages_keep_the_case_of_paths(model_paths, tmp_path):
+    image = tmp_path / "71.png"
+    image.write_bytes(drawing("71"))
+    folder = tmp_path / "MixedCase" / "Sheet.png"
+    folder.mkdir(parents=True)                        # a folder where the sheet would go
+    result = CliRunner().invoke(app, ["explain", str(image), "--model", str(model_paths["cnn"]),
+                                      "--out", str(folder), "--force"])
+    assert result.exit_code == 1 and result.output == (
+        f"error: {folder}: cannot write ({folder}: is a folder, not a file that can be replaced)\n")
+    missing = tmp_path / "MixedCase" / "Missing.PNG"
+    result = CliRunner().invoke(app, ["explain", str(missing), "--model", str(model_paths["cnn"]),
+                                      "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 1 and result.output == f"error: {missing}: no such file or directory\n"

@@ -436,3 +436,135 @@ def test_nn_serve_prints_its_url_and_serves_until_interrupted(model_paths, host,
     assert proc.returncode == 0
     assert ("warning: listening on 0.0.0.0" in err) == warned
     assert "GET /api/health 200" in err  # one log line per request
+
+
+# --- strict parsing: whatever a client sends wrong is a 400, never a 500 ---------------------
+
+@pytest.mark.parametrize("path, message", [
+    ("/api/kernel?model=cnn&layer=%C2%B2&channel=0", "layer must be an integer >= 0, not '²'"),
+    ("/api/kernel?model=cnn&layer=1&channel=%C2%B2", "channel must be an integer >= 0, not '²'"),
+    ("/api/kernel?model=cnn&layer=%D9%A1&channel=0", "layer must be an integer >= 0, not '١'"),
+    ("/api/kernel?model=cnn&layer=" + "9" * 5000 + "&channel=0",
+     "layer must be an integer >= 0, not '99999"),
+    ("/api/kernel?model=cnn&layer=+1&channel=0", "layer must be an integer >= 0, not ' 1'"),
+])
+def test_kernel_numbers_are_ascii_digits(server, path, message):
+    status, body, _ = request(server, "GET", path)
+    assert status == 400 and list(body) == ["error"] and body["error"].startswith(message), body
+
+
+@pytest.mark.parametrize("body, content_type, query, message", [
+    (drawing("7"), "image/png", "top_k=%C2%B2", "top_k must be an integer from 1 to 100, not '²'"),
+    (drawing("7"), "image/png", "top_k=" + "7" * 5000, "top_k must be an integer from 1 to 100"),
+    (b'{"image": "AAAA", "top_k": "\\u00b2"}', "application/json", "",
+     "top_k must be an integer from 1 to 100, not '²'"),
+    (b'{"image": "AAAA", "top_k": 5.0}', "application/json", "", "top_k must be an integer"),
+    (b'{"image": "AAAA", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "application/json", "",
+     "malformed JSON (nested over 32 deep)"),
+    (b'{"image": "AAAA", "x": ' + b"{\"a\": " * 33 + b"1" + b"}" * 33 + b"}", "application/json", "",
+     "malformed JSON (nested over 32 deep)"),
+])
+def test_bad_numbers_and_deep_json_are_400(server, body, content_type, query, message):
+    status, answer, _ = request(server, "POST", f"/api/predict?model=cnn&{query}", body,
+                                {"Content-Type": content_type})
+    assert status == 400 and answer["error"].startswith(message), answer
+    assert request(server, "GET", "/api/health")[0] == 200
+
+
+def test_brackets_inside_json_strings_do_not_count_as_depth(server):
+    text = base64.b64encode(drawing("71")).decode()
+    body = json.dumps({"image": text, "note": "[" * 100 + '"{' * 50}).encode()
+    status, answer, _ = request(server, "POST", "/api/predict", body, {"Content-Type": "application/json"})
+    assert status == 200 and answer["label"] == post(server, drawing("71"))[1]["label"]
+
+
+def test_a_content_length_of_superscript_two_is_400(server):
+    answer = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\nxx")
+    assert answer.startswith(b"HTTP/1.1 400") and answer.endswith(b'{"error": "bad Content-Length \'\\u00b2\'"}')
+
+
+# --- a deadline on the whole request, and a bound on the connections held ---------------------
+
+def trickle(server, data: bytes, pause: float = 0.05, limit: float = 3.0) -> tuple[bytes, float]:
+    """Send `data` a byte every `pause` s until the server answers or closes; (answer, seconds)."""
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        t0 = time.monotonic()
+        for byte in data:
+            if select.select([s], [], [], 0)[0] or time.monotonic() - t0 > limit:
+                break  # the server has answered or closed
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(pause)
+        try:
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        except ConnectionResetError:
+            answer = b""
+        return answer, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /api/health HTTP/1.1\r\n" * 4,                              # the request line
+    b"GET /api/health HTTP/1.1\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n",  # a header
+])
+def test_a_request_line_or_headers_trickled_in_are_cut_at_the_deadline(loud_server, capfd, data):
+    answer, took = trickle(loud_server, data)
+    assert answer == b"" and took < 1.5            # closed at 0.3 s, not when the client likes
+    assert request(loud_server, "GET", "/api/health")[0] == 200
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if "timed out" in x]
+    assert len(lines) == 1 and "request not received within 0.3 s of its first byte" in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_an_idle_keep_alive_connection_is_closed_quietly(loud_server, capfd):
+    conn = http.client.HTTPConnection(*loud_server.server_address[:2], timeout=10)
+    conn.request("GET", "/api/health")
+    assert conn.getresponse().read()
+    time.sleep(0.6)                                # longer than the server waits for the next
+    assert conn.sock.recv(1) == b""                # closed by the server
+    conn.close()
+    assert [x for x in capfd.readouterr().err.splitlines() if "/api/health" not in x] == []
+
+
+@pytest.fixture
+def two_slot_server(model_paths, monkeypatch):
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(web.Handler, "timeout", 0.3)
+    with running_server(model_paths, quiet=False) as s:
+        yield s
+
+
+def test_a_crowd_of_slow_clients_holds_every_slot_for_a_deadline_at_most(two_slot_server, capfd):
+    with ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(trickle, two_slot_server, b"GET / HTTP/1.1\r\n" * 10) for _ in range(2)]
+        time.sleep(0.1)                            # both hold their slot, trickling
+        t0 = time.monotonic()
+        assert request(two_slot_server, "GET", "/api/health")[0] == 200   # waited, then served
+        waited = time.monotonic() - t0
+        assert [f.result()[0] for f in slow] == [b"", b""]
+    assert 0.1 < waited < 1.5, waited
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_connections_beyond_the_bound_are_refused_with_503(two_slot_server, capfd):
+    stop = threading.Event()
+
+    def busy():                                    # a keep-alive client that never pauses
+        conn = http.client.HTTPConnection(*two_slot_server.server_address[:2], timeout=10)
+        while not stop.is_set():
+            conn.request("GET", "/api/health")
+            conn.getresponse().read()
+        conn.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        clients = [pool.submit(busy) for _ in range(2)]
+        time.sleep(0.2)
+        status, body, headers = request(two_slot_server, "GET", "/api/health")
+        stop.set()
+        [c.result() for c in clients]
+    assert status == 503 and body == {"error": "busy: 2 connections open, try again"}
+    assert headers["Retry-After"] == "1"
+    err = capfd.readouterr().err
+    assert len([x for x in err.splitlines() if " 503 busy" in x]) == 1 and "Traceback" not in err

@@ -394,3 +394,152 @@ def test_ctrl_c_keeps_the_study_and_the_same_command_goes_on(tmp_path):
     assert "1 of 4 trials there" in again.stdout
     table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
     assert list(table["state"]).count("fail") == 1 and len(table) == 5
+
+
+# -- a search that cannot work stops itself; the exit status says what happened --------------
+
+WIDTH = "mlp.layers.1.out_features"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {WIDTH: {"choice": [0, -5], "also": ["mlp.layers.4.in_features"]}}},
+     f"error: tune.mlp.space.{WIDTH}: the value 0 fails: mlp.layers[1] (Linear): out_features "
+     "must be a positive int, got 0"),
+    ({"space": {WIDTH: {"choice": [256, "wide", 1024], "also": ["mlp.layers.4.in_features"]}}},
+     f"error: tune.mlp.space.{WIDTH}: the value 'wide' fails: mlp.layers[1] (Linear): "
+     "out_features must be a positive int, got 'wide'"),
+    ({"space": {"mlp.optimizer.lr": {"uniform": [-1.0, -0.5]}}},
+     "error: tune.mlp.space.mlp.optimizer.lr: the value -1.0 fails: mlp.optimizer.lr: -1.0 must "
+     "be > 0"),
+    ({"space": {"mlp.layers.3.p": {"uniform": [0.5, 1.5]}}},   # the high end only is bad
+     "error: tune.mlp.space.mlp.layers.3.p: the value 1.5 fails: mlp.layers[3].p: 1.5 must be "
+     "in [0, 1)"),
+    ({"budget": {"mlp.epochs": -2}}, "error: tune.mlp.budget: mlp.epochs: -2 must be >= 1"),
+])
+def test_a_space_or_budget_that_can_give_a_bad_value_stops_before_any_trial(tmp_path, change,
+                                                                            message):
+    folder = write_tune_folder(tmp_path, n_train=100, **change)
+    result = nn_tune(folder, "--trials", "2")
+    assert result.exit_code == 1 and result.output.strip() == message, result.output
+    assert reports(folder) == [] and not (folder / ".nn-tune").exists()
+
+
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
+def test_a_search_whose_trials_keep_failing_stops_itself_with_the_first_failure(tmp_path, workers):
+    # every value is a valid learning rate, and every trial diverges
+    folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1},
+                               space={"mlp.optimizer.lr": {"log_uniform": [1e3, 1e4]}})
+    result = nn_tune(folder, "--trials", "50", "--workers", workers)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: the search stopped after 3 trials failed in a row; the "
+                           "first failure: trial 0: training diverged: loss became "), last
+    assert "Traceback" not in result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")  # the reports say it, whole
+    assert set(table["state"]) == {"fail"} and 3 <= len(table) <= 3 * int(workers)
+    assert table["error"].str.startswith("training diverged").all()
+
+
+def test_failed_trials_of_a_search_that_finished_show_in_its_exit_status(tmp_path):
+    folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1},
+                               space={"mlp.optimizer.lr": {"choice": [0.01, 1e4]}})
+    result = nn_tune(folder, "--trials", "4")
+    assert result.exit_code == 3, result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    failed = table[table["state"] == "fail"]
+    assert len(failed) and (table["state"] != "fail").sum() == 4
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {len(failed)} trial(s) of this run failed (not counted, replaced); the first, "
+        f"trial {failed['number'].iloc[0]}: {failed['error'].iloc[0]}")
+    assert nn_tune(folder, "--trials", "4").exit_code == 0   # a run with no failure: 0
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # a trial told by hand, not run
+def test_the_defaults_trial_is_run_again_until_it_completes(tmp_path, monkeypatch):
+    """Ctrl-C during trial 0 fails it (Optuna's doing); the next command queues it again."""
+    import optuna
+
+    from nn.mnist import tune
+
+    folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1})
+    monkeypatch.chdir(folder)
+    job, settings, tree = tune.make_job("mlp", Path("params.yaml"), Path("data/mnist"),
+                                        storage=None, study=None, trials=3, seed=None,
+                                        heartbeat=1, experiments=False)
+    study = tune.open_study(job, settings, tree, queue_defaults=True)
+    trial = study.ask()                                      # trial 0, the defaults'
+    assert trial.user_attrs["defaults"]
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)    # as an interrupted trial ends
+    result = nn_tune(folder, "--trials", "3")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table["defaults"]) == [True, True, False, False]
+    assert list(table["state"])[:2] == ["fail", "complete"]
+    assert table.loc[1, "mlp.optimizer.lr"] == 0.01 and table.loc[1, WIDTH] == 32
+    again = nn_tune(folder, "--trials", "4")                 # completed once: not queued again
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert again.exit_code == 0 and list(table["defaults"]) == [True, True, False, False, False]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_defaults_trial_runs_again_in_a_study_that_is_full(tmp_path, monkeypatch):
+    import optuna
+
+    from nn.mnist import tune
+
+    folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1})
+    monkeypatch.chdir(folder)
+    job, settings, tree = tune.make_job("mlp", Path("params.yaml"), Path("data/mnist"),
+                                        storage=None, study=None, trials=2, seed=None,
+                                        heartbeat=1, experiments=False)
+    study = tune.open_study(job, settings, tree, queue_defaults=True)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)   # the defaults', interrupted
+    for _ in range(2):                                            # then the study filled up
+        study.tell(study.ask(), 0.5)
+    result = nn_tune(folder, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")
+    assert list(table["defaults"]) == [True, False, False, True]
+    assert list(table["state"]) == ["fail", "complete", "complete", "complete"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:",
+                                 "sqlite:///file:x?mode=memory&uri=true"])
+def test_a_storage_in_memory_is_refused_in_one_line(tmp_path, url):
+    result = nn_tune(write_tune_folder(tmp_path, n_train=100), "--storage", url)
+    assert result.exit_code == 1 and result.output.strip() == (
+        f"error: storage {url}: an in-memory database lives and dies with one process (and its "
+        "connection), so a study there cannot be resumed or shared: give a file, e.g. "
+        "sqlite:///.nn-tune/studies.db")
+    assert reports(tmp_path) == []
+
+
+def test_a_missing_postgresql_driver_names_the_team_extra(tmp_path, monkeypatch):
+    for module in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, module, None)       # as if not installed
+    result = nn_tune(write_tune_folder(tmp_path, n_train=100), "--storage",
+                     "postgresql://someone:secret@127.0.0.1:1/db")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: storage postgresql://someone:***@127.0.0.1:1/db: its "
+                                    "database driver is not installed (")
+    assert result.output.strip().endswith("(pip install -e '.[team]' installs it)")
+
+
+def test_the_defaults_trial_is_never_pruned():
+    import optuna
+
+    from nn.mnist.tune import epoch_reports
+
+    class Trial:  # a pruner that would stop any trial at once
+        def __init__(self, defaults):
+            self.user_attrs = {"defaults": True} if defaults else {}
+
+        def report(self, value, step):
+            pass
+
+        def should_prune(self):
+            return True
+
+    epoch_reports(Trial(defaults=True))({"dev_acc": 0.1, "epoch": 1})   # runs its budget
+    with pytest.raises(optuna.TrialPruned):
+        epoch_reports(Trial(defaults=False))({"dev_acc": 0.1, "epoch": 1})

@@ -10,8 +10,10 @@ Nothing here is a stage's dependency: a change to it reruns no stage.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -82,48 +84,124 @@ def _table_or(table: str, nothing: str) -> str:
     return table if len(table.splitlines()) > 2 else nothing
 
 
-def _csv_at(root: Path, rev: str, path: str) -> pd.DataFrame | None:
+PER_CLASS = ("class", "f1")  # the columns each table must have, numbers but for "class"
+HISTORY = ("epoch", "dev_acc", "train_acc")
+
+
+def read_table(data: bytes, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A report's CSV table with `columns` and at least one row; ChangeReportError naming the
+    file (`name`) and what is wrong with it."""
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype={"class": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ChangeReportError(f"{name}: not a CSV table ({str(e).strip().splitlines()[0]})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ChangeReportError(f"{name}: no column {missing[0]!r} (has: "
+                                f"{', '.join(map(str, table.columns))})")
+    if table.empty:
+        raise ChangeReportError(f"{name}: no rows, only a header")
+    for column in columns:
+        if column != "class" and not pd.api.types.is_numeric_dtype(table[column]):
+            raise ChangeReportError(f"{name}: column {column!r} holds a value that is not a number")
+    return table
+
+
+def _read(root: Path, path: str) -> bytes | None:
+    """The workspace's `path` (relative to root), None where it is not a file."""
+    if not (root / path).is_file():
+        return None
+    try:
+        return (root / path).read_bytes()
+    except OSError as e:
+        raise ChangeReportError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _table_at(root: Path, rev: str, path: str, columns: tuple[str, ...]) -> pd.DataFrame | None:
     data = git_show(root, rev, path)
-    return None if data is None else pd.read_csv(io.BytesIO(data), dtype={"class": str})
+    return None if data is None else read_table(data, f"{rev}:{path}", columns)
+
+
+def _tables(root: Path, base: str, name: str) -> tuple:
+    """MODEL's per-class and history tables, the workspace's and BASE's (None where absent)."""
+    per_class, history = f"reports/{name}/per_class.csv", f"reports/{name}/history.csv"
+    data = _read(root, history)
+    return (read_table(_read(root, per_class), per_class, PER_CLASS),
+            _table_at(root, base, per_class, PER_CLASS),
+            None if data is None else read_table(data, history, HISTORY),
+            _table_at(root, base, history, HISTORY))
+
+
+def check_out(out: Path) -> None:
+    """--out checked before any work: a folder, or one that can be made, where files can be
+    written; ChangeReportError otherwise."""
+    from nn.files import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise ChangeReportError(f"--out {out}: is a file, not a folder")
+    try:
+        check_writable(out / "README.md")
+    except OSError as e:
+        raise ChangeReportError(f"--out {out}: {e}") from None
 
 
 def change_report(root: Path, base: str, out: Path, top: int = 5) -> Path:
-    """Write OUT/README.md (with its pictures) and OUT/plots/index.html; the README's path."""
-    from nn.files import write_bytes
-    from nn.mnist.pictures import png_bytes
+    """Write OUT/README.md (with its pictures) and OUT/plots/: all the files, or none (every
+    one is made first, then they replace the old ones together); the README's path."""
+    from nn.files import os_reason, write_together
 
+    check_out(out)
+    if _run(root, "git", "rev-parse", "--git-dir").returncode:
+        raise ChangeReportError("not in a git repository: the report compares the workspace "
+                                "with a git revision")
     if _run(root, "git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").returncode:
         raise ChangeReportError(f"unknown git revision '{base}'")
     models = sorted(p.parent.name for p in (root / "reports").glob("*/per_class.csv"))
     if not models:
         raise ChangeReportError("no reports/*/per_class.csv in the workspace (make repro)")
+    files = report_files(root, base, out, models, top)
+    try:
+        with write_together() as outputs:
+            for path, data in files.items():
+                outputs.write_bytes(out / path, data)
+    except OSError as e:
+        reason = f"{e.filename}: {os_reason(e)}" if e.filename and e.strerror else e
+        raise ChangeReportError(f"--out {out}: cannot write {reason}") from None
+    return out / "README.md"
+
+
+def report_files(root: Path, base: str, out: Path, models: list[str], top: int) -> dict[str, bytes]:
+    """Every file of the report, relative to OUT -> its bytes, made in memory (and DVC's plots
+    in a temporary folder)."""
+    from nn.mnist.pictures import png_bytes
+
+    files: dict[str, bytes] = {}
     label = base.removeprefix("origin/")
-    out.mkdir(parents=True, exist_ok=True)
+    tables = {name: _tables(root, base, name) for name in models}  # a bad table: said before DVC
     params = _dvc(root, "params", "diff", base, "--md")
     metrics = _dvc(root, "metrics", "diff", base, "--md")
     md = [f"# This change against {label}", "",
           "## Params", "", _table_or(params, "No param changed."), "",
           "## Metrics", "", _table_or(metrics, "No metric changed."), ""]
     for name in models:
-        per_class = f"reports/{name}/per_class.csv"
-        moves = f1_moves(_csv_at(root, base, per_class),
-                         pd.read_csv(root / per_class, dtype={"class": str}), top)
-        md += [f"## {name}", "", *_f1_section(moves, label)]
-        history = root / "reports" / name / "history.csv"
-        if history.is_file():
-            chart = _curves(name, _csv_at(root, base, f"reports/{name}/history.csv"),
-                            pd.read_csv(history), label)
-            write_bytes(out / f"{name}-curves.png", png_bytes(chart))
+        per_class, old_per_class, history, old_history = tables[name]
+        md += [f"## {name}", "", *_f1_section(f1_moves(old_per_class, per_class, top), label)]
+        if history is not None:
+            files[f"{name}-curves.png"] = png_bytes(_curves(name, old_history, history, label))
             md += [f"![{name} accuracy curves]({name}-curves.png)", ""]
-        confusion = root / "reports" / name / "confusion.png"
+        confusion = _read(root, f"reports/{name}/confusion.png")
         old = git_show(root, base, f"reports/{name}/confusion.png")
-        if confusion.is_file() and old is not None:
+        if confusion is not None and old is not None:
             was, now = f"{name}-confusion-{label.replace('/', '-')}.png", f"{name}-confusion-change.png"
-            write_bytes(out / was, old)
-            write_bytes(out / now, confusion.read_bytes())
+            files[was], files[now] = old, confusion
             md += [f"| {label} | change |", "| --- | --- |", f"| ![]({was}) | ![]({now}) |", ""]
-    _dvc(root, "plots", "diff", base, "-o", str((out / "plots").resolve()))
+    with tempfile.TemporaryDirectory(prefix="change-report-plots-") as plots:
+        _dvc(root, "plots", "diff", base, "-o", plots)
+        for folder, _, names in os.walk(plots):
+            for file in names:
+                path = Path(folder, file)
+                files[f"plots/{path.relative_to(plots)}"] = path.read_bytes()
     md += [f"Interactive plots, {label} and change: `dvc plots diff {base}` "
            f"({out.name}/plots/index.html)."]
-    write_bytes(out / "README.md", ("\n".join(md) + "\n").encode())
-    return out / "README.md"
+    files["README.md"] = ("\n".join(md) + "\n").encode()
+    return files

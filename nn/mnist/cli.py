@@ -34,6 +34,12 @@ def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
+def _reason(e: OSError) -> str:
+    from nn.files import os_reason
+
+    return os_reason(e)
+
+
 def _input_png_path(show_input: Path, index: int, count: int) -> Path:
     """Where image `index` (0-based) of `count` writes its network input: PATH, or PATH-1, PATH-2, ..."""
     if count == 1:
@@ -56,7 +62,7 @@ def _write_inputs(show_input: Path, results: list[dict]) -> bool:
         try:
             write_bytes(png, png_bytes(Image.fromarray(r["input"], mode="L")))  # never half-written
         except OSError as e:
-            _fail(f"{png}: cannot write ({(e.strerror or str(e)).lower()})")
+            _fail(f"{png}: cannot write ({_reason(e)})")
             ok = False
     return ok
 
@@ -130,7 +136,7 @@ def predict(
         except ImageError as e:
             results.append({"file": str(path), "error": str(e)})
         except OSError as e:  # missing file, a directory, unreadable permissions
-            results.append({"file": str(path), "error": (e.strerror or str(e)).lower()})
+            results.append({"file": str(path), "error": _reason(e)})
 
     good = [r for r in results if "input" in r]
     if good:
@@ -161,26 +167,53 @@ def predict(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+def _picture_format(path: Path) -> str:
+    """The format Pillow writes for `path`'s extension ("PNG", "JPEG", ...); typer.Exit(1), with
+    one line, for one it cannot write."""
+    from PIL import Image
+
+    found = Image.registered_extensions().get(path.suffix.lower())
+    if found is None or found not in Image.SAVE:
+        writable = sorted({ext for ext, f in Image.registered_extensions().items()
+                           if f in ("PNG", "JPEG", "WEBP", "BMP", "TIFF") and f in Image.SAVE})
+        _fail(f"{path}: cannot write a picture as {path.suffix or 'a name without an extension'!r} "
+              f"(give one of {', '.join(writable)})")
+        raise typer.Exit(1)
+    return found
+
+
 @app.command()
 def explain(
-    image: Annotated[Path, typer.Argument(help="An image file, as for `nn predict`.", show_default=False)],
+    image: Annotated[Path, typer.Argument(help="An image file, as for `nn predict`; - reads it "
+                                                "from stdin.", show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Saved model (.npz).")] = DEFAULT_MODEL,
-    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG sheet to write.")] = Path("explain.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="The sheet to write, in the format of "
+                                      "its extension (.png, .jpg, .webp, ...).")] = Path("explain.png"),
+    force: Annotated[bool, typer.Option("--force", help="Let --out overwrite an existing file.")] = False,
 ) -> None:
-    """Draw what every layer computes on one image, and which pixels decided it, as one PNG.
+    """Draw what every layer computes on one image, and which pixels decided it, as one picture.
 
     The sheet shows the input, its saliency (the gradient of the top class's score), each
     layer's maps or bars, and the probabilities. Exit status 1 if the image cannot be read or
-    the sheet written, 2 if the model cannot be loaded.
+    the sheet written (an existing --out without --force, an extension that is not a picture
+    format), 2 if the model cannot be loaded.
     """
+    import io
+    import sys
+
     from nn.files import write_bytes
     from nn.mnist.explain import explain_file
     from nn.mnist.modelfile import ModelFileError
-    from nn.mnist.pictures import png_bytes
     from nn.mnist.preprocess import ImageError
 
+    form = _picture_format(out)  # before any work: the user's files are safe
+    if out.exists() and not force:
+        _fail(f"{out}: exists; --out does not overwrite files without --force")
+        raise typer.Exit(1)
+    stdin = str(image) == "-"
     try:
-        picture, label, p = explain_file(image, model)
+        source = io.BytesIO(sys.stdin.buffer.read()) if stdin else image
+        picture, label, p = explain_file(source, model, name="stdin" if stdin else None)
     except ModelFileError as e:
         _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
@@ -188,12 +221,14 @@ def explain(
         _fail(f"{image}: {e}")
         raise typer.Exit(1) from None
     except OSError as e:  # missing file, a directory, unreadable permissions
-        _fail(f"{image}: {(e.strerror or str(e)).lower()}")
+        _fail(f"{image}: {_reason(e)}")
         raise typer.Exit(1) from None
+    data = io.BytesIO()
+    picture.save(data, format=form)
     try:
-        write_bytes(out, png_bytes(picture))
+        write_bytes(out, data.getvalue())
     except OSError as e:
-        _fail(f"{out}: cannot write ({(e.strerror or str(e)).lower()})")
+        _fail(f"{out}: cannot write ({_reason(e)})")
         raise typer.Exit(1) from None
     typer.echo(f"{image}: {label} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
 
@@ -228,7 +263,7 @@ def serve(
     try:
         server = web.Server((host, port), models, quiet=quiet)
     except OSError as e:
-        _fail(f"cannot listen on {host}:{port} ({(e.strerror or str(e)).lower()})")
+        _fail(f"cannot listen on {host}:{port} ({_reason(e)})")
         raise typer.Exit(1) from None
     if not web.is_loopback(host):
         typer.echo(f"warning: listening on {host}, not only this machine: anyone who can reach it "
@@ -243,7 +278,8 @@ def serve(
 
 MODEL_HELP = "Model name: its params.yaml section (mlp, cnn)."
 PARAMS_HELP = "Params file."
-EXIT_TUNE = 1  # bad params, storage or study, or a worker died
+EXIT_TUNE = 1  # bad params, storage or study, a worker died, or the search stopped itself
+EXIT_TRIALS_FAILED = 3  # the search ran, and some of this run's trials failed
 
 
 @app.command("lr-find")
@@ -338,6 +374,9 @@ def tune(
     The space, trials, workers, seed and per-trial budget are in params.yaml under tune.MODEL.
     The study is kept in --storage: Ctrl-C, then the same command, goes on where it stopped;
     the same command on other machines with a shared --storage joins the study.
+
+    Exit status: 0 done, 1 bad params, storage or study, a worker died, or the search stopped
+    (3 trials failed in a row), 3 done but some trials of this run failed, 130 Ctrl-C.
     """
     from nn.fast.threads import thread_count
     from nn.files import DataFileError
@@ -376,6 +415,10 @@ def tune(
         typer.echo(f"tune: retrained: dev {pct(f['dev_acc'])}, test {pct(f['test_acc'])} "
                    f"(defaults: dev {pct(f.get('default_dev_acc'))}, "
                    f"test {pct(f.get('default_test_acc'))})")
+    count, first = r["failed"]
+    if count:
+        _fail(f"{count} trial(s) of this run failed (not counted, replaced); the first, {first}")
+        raise typer.Exit(EXIT_TRIALS_FAILED)
 
 
 EXIT_REMOTE = 1  # the transfer failed (one line says why); what did arrive is checked out

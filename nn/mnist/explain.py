@@ -19,6 +19,7 @@ import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -380,8 +381,10 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
     return out
 
 
-def explain_file(image: str | os.PathLike, model: str | os.PathLike) -> tuple[Image.Image, str, float]:
-    """`nn explain`: read `image` as `nn predict` does, run it through the model at `model`.
+def explain_file(image: str | os.PathLike | BinaryIO, model: str | os.PathLike,
+                 name: str | None = None) -> tuple[Image.Image, str, float]:
+    """`nn explain`: read `image` (a path, or a file object called `name`) as `nn predict`
+    does, run it through the model at `model`.
     -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not."""
     from nn.mnist.classify import load_classifier
     from nn.mnist.modelfile import normalize
@@ -391,5 +394,5 @@ def explain_file(image: str | os.PathLike, model: str | os.PathLike) -> tuple[Im
     x = preprocess(image, classifier.width)  # (28, W) uint8
     trace = explain(classifier.net, normalize(x[None], classifier.info.normalization))
     label, p = classifier.classes[trace.top], float(trace.proba[trace.top])
-    title = f"nn explain {Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
+    title = f"nn explain {name or Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
     return sheet(trace, x, classifier.classes, title), label, p

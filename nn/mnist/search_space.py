@@ -52,6 +52,11 @@ class Distribution(Params):
         ok = isinstance(value, int) if self.kind == "int_uniform" else isinstance(value, (int, float))
         return ok and not isinstance(value, bool) and low <= value <= high
 
+    def extremes(self) -> tuple[Any, ...]:
+        """Values that stand for all this distribution can give: each choice, or a range's two
+        ends (every bound a params model sets is an interval, so the ends decide)."""
+        return self.choice if self.kind == "choice" else tuple(getattr(self, self.kind))
+
     def suggest(self, trial, path: str) -> Any:
         """This param's value for an Optuna trial (`optuna.Trial`), named by its path."""
         if self.kind == "choice":
@@ -127,3 +132,22 @@ def load_settings(model: str, params: Path) -> tuple[SearchSettings, dict]:
             raise ParamsError(f"{section}.{where}: {path}: no such param in {params} "
                               f"(list items by index: {model}.layers.4.p)") from None
     return settings, tree
+
+
+def check_values(settings: SearchSettings, tree: dict, model: str, check) -> None:
+    """Every value the space and the budget can give, checked by `check(section, prefix)` (the
+    params model a training run validates with), before anything runs: ParamsError naming the
+    tune key and the value. Each searched value is tried with the others at params.yaml's."""
+    section = f"tune.{model}"
+    check(tree[model], model)  # params.yaml's own section first: its errors are its own
+    base = with_values(tree, settings.budget)
+    try:
+        check(base[model], model)
+    except ParamsError as e:
+        raise ParamsError(f"{section}.budget: {e}") from None
+    for path, d in settings.space.items():
+        for value in d.extremes():
+            try:
+                check(with_values(base, expand(settings.space, {path: value}))[model], model)
+            except ParamsError as e:
+                raise ParamsError(f"{section}.space.{path}: the value {value!r} fails: {e}") from None

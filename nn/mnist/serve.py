@@ -15,8 +15,11 @@ The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn
 a JSON body {"image": "data:image/png;base64,...", "model": "cnn", "top_k": 5}.
 Every error is JSON, {"error": "one line"}, with its status: 400 malformed request or not an
 image, 403 a cross-origin POST, 404, 405, 411 no Content-Length, 413 body or image too large,
-408 a client too slow to send its request, 422 blank image, 500 a bug (logged; the server keeps
-serving). A client's timeout or reset is one log line, never a traceback.
+408 a client too slow to send its body, 422 blank image, 503 busy, 500 a bug (logged; the server
+keeps serving). Numbers are ASCII digits within their range, JSON is at most MAX_JSON_DEPTH deep.
+A request must be whole within REQUEST_TIMEOUT of its first byte (a client too slow with its
+request line or headers is closed, with one log line), and at most MAX_CONNECTIONS connections
+are served at once. A client's timeout or reset is one log line, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import binascii
 import io
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
@@ -51,7 +55,10 @@ from nn.model import Sequential
 MAX_BODY = 10 * 1024 * 1024  # bytes: a drawing is ~10 kB, a phone photo a few MB
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 100
-REQUEST_TIMEOUT = 10  # seconds a client may take to send its request
+REQUEST_TIMEOUT = 10  # seconds a client may take to send its request, from its first byte
+MAX_CONNECTIONS = 64  # served at once; the next waits in the listen queue for one to end
+MAX_JSON_DEPTH = 32  # nested arrays and objects in a JSON body (the API's need one)
+DIGITS = re.compile(r"[0-9]{1,4000}")  # str.isdigit() takes "²", which int() refuses
 PAGE = "serve.html"
 LISTEN_QUEUE = 128  # connections the kernel holds before accept(): a burst of clients, not resets
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the guide, in a source checkout
@@ -64,6 +71,35 @@ class RequestError(Exception):
     def __init__(self, status: HTTPStatus, message: str):
         super().__init__(message)
         self.status = status
+
+
+def integer(value, name: str, low: int, high: int | None = None) -> int:
+    """A request's integer, a JSON number or ASCII digits, from `low` to `high`; else 400."""
+    if isinstance(value, str) and DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer {bounds}, not {shown}")
+    return value
+
+
+STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # JSON strings, escapes included
+
+
+def parse_json(body: bytes):
+    """A JSON body at most MAX_JSON_DEPTH deep (its size is MAX_BODY's); else 400. The depth is
+    counted before parsing: the parser recurses once per level."""
+    bare = np.frombuffer(STRINGS.sub(b'""', body), np.uint8)  # brackets in strings do not nest
+    steps = ((bare == ord("[")) | (bare == ord("{"))).astype(np.int32) - \
+        ((bare == ord("]")) | (bare == ord("}")))
+    if steps.size and np.cumsum(steps).max() > MAX_JSON_DEPTH:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON (nested over {MAX_JSON_DEPTH} deep)")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON ({e})") from None
 
 
 @dataclass
@@ -104,10 +140,7 @@ def decode_image(body: bytes, content_type: str) -> tuple[bytes, dict]:
         raise RequestError(HTTPStatus.BAD_REQUEST, "empty body: send an image")
     fields: dict = {}
     if content_type.split(";")[0].strip().lower() == "application/json":
-        try:
-            fields = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"malformed JSON ({e})") from None
+        fields = parse_json(body)
         if not isinstance(fields, dict) or not isinstance(fields.get("image"), str):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'JSON body needs "image": a data URL or base64 string')
         text = fields.pop("image")
@@ -139,10 +172,7 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
     from the layers view's pass, plus "layers", "saliency" and "saliency_max"."""
     if not isinstance(model, str) or model not in models:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
-    if isinstance(top_k, str) and top_k.isdigit():
-        top_k = int(top_k)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"top_k must be an integer from 1 to {MAX_TOP_K}, not {top_k!r}")
+    top_k = integer(top_k, "top_k", 1, MAX_TOP_K)
     m = models[model]
     warnings: list[str] = []  # degenerate images (preprocess), then the split's doubts
     try:
@@ -187,12 +217,7 @@ def kernel(models: dict[str, Model], query: dict) -> dict:
     model = _option(query, {}, "model", "cnn")
     if model not in models:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
-    numbers = {}
-    for name in ("layer", "channel"):
-        value = _option(query, {}, name, "")
-        if not value.isdigit():
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer >= 0, not {value!r}")
-        numbers[name] = int(value)
+    numbers = {name: integer(_option(query, {}, name, ""), name, 0) for name in ("layer", "channel")}
     try:
         return {"model": model, **explaining.kernel_json(models[model].reference, **{
             "index": numbers["layer"], "channel": numbers["channel"]})}
@@ -217,8 +242,32 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive: the page predicts as the user draws
     disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
-    timeout = REQUEST_TIMEOUT
+    timeout = REQUEST_TIMEOUT  # for the whole request from its first byte, and between requests
     server: "Server"
+    _deadline: float | None = None  # time.monotonic() by which the request being read is whole
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the base class's reader: ours gives each read only the time left
+        self.rfile = io.BufferedReader(_Paced(self), 1 << 16)
+
+    def handle_one_request(self) -> None:
+        """One request, whole (request line, headers and body) within `timeout` of its first
+        byte: a client sending a byte now and then cannot hold its thread, as a timeout per
+        read would let it. Waiting for a request to begin is keep-alive's idle time: quiet."""
+        self._deadline = None
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True  # the client closed
+                return
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            return
+        self._deadline = time.monotonic() + self.timeout
+        try:
+            super().handle_one_request()  # a late request line or header: one log line, closed
+        finally:
+            self._deadline = None
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -247,7 +296,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         start = time.perf_counter()
-        self._started = time.monotonic()  # the body's read deadline counts from here
         url = urlsplit(self.path)
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
@@ -325,45 +373,53 @@ class Handler(BaseHTTPRequestHandler):
         if length is None:
             self.close_connection = True
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-        if not length.isdigit():
+        if not DIGITS.fullmatch(length):
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length!r}")
         if int(length) > MAX_BODY:
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"body of {int(length):,} bytes is over the limit of {MAX_BODY:,}")
-        body = self._read(int(length), deadline=self._started + self.timeout)
+        try:
+            body = self.rfile.read(int(length))  # by the request's deadline (_Paced)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {self.timeout} s") from None
         if len(body) < int(length):
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
         return body
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        """Up to n bytes of the body, all by `deadline` (time.monotonic()): a client that sends a
-        byte now and then cannot hold its thread, as a timeout per read would let it."""
-        chunks, left = [], n
-        try:
-            while left:
-                if (wait := deadline - time.monotonic()) <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(wait)
-                chunk = self.rfile.read1(min(left, 1 << 16))
-                if not chunk:
-                    break  # the client closed: the caller sees a short body
-                chunks.append(chunk)
-                left -= len(chunk)
-        except TimeoutError:
-            self.close_connection = True
-            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"body not received within {self.timeout} s") from None
-        finally:
-            self.connection.settimeout(self.timeout)
-        return b"".join(chunks)
 
     def log_request(self, code="-", size="-") -> None:
         pass  # _dispatch logs each request with its time instead
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 -- the base class's name
         print(f"{self.address_string()}: {format % args}", file=sys.stderr, flush=True)  # errors only
+
+
+class _Paced(io.RawIOBase):
+    """A handler's connection as a raw stream whose every read gets only the time left before
+    the handler's deadline (none between requests: the socket's timeout)."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        h = self.handler
+        if h._deadline is None:
+            return h.connection.recv_into(buffer)
+        if (wait := h._deadline - time.monotonic()) <= 0:
+            raise TimeoutError(f"request not received within {h.timeout} s of its first byte")
+        h.connection.settimeout(wait)
+        try:
+            return h.connection.recv_into(buffer)
+        except TimeoutError:
+            raise TimeoutError(f"request not received within {h.timeout} s of its first byte") from None
+        finally:
+            h.connection.settimeout(h.timeout)
 
 
 def _json(obj) -> bytes:
@@ -377,11 +433,44 @@ class Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_QUEUE
 
     def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.models = models
         self.page = resources.files(__package__).joinpath(PAGE).read_bytes()
         self.quiet = quiet
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS at once: the next waits in the
+        listen queue for one of them to end (each ends within Handler.timeout of going quiet,
+        so a crowd of slow clients cannot keep them), and is refused with 503 after as long."""
+        if not self.slots.acquire(timeout=Handler.timeout):
+            self.refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def refuse(self, request, client_address) -> None:
+        message = f"busy: {MAX_CONNECTIONS} connections open, try again"
+        print(f"{client_address[0]}: 503 {message}", file=sys.stderr, flush=True)
+        body = _json({"error": message})
+        try:
+            request.settimeout(1)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+                            % (len(body), body))
+        except OSError:
+            pass  # gone already
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         """A client's reset or timeout outside a request's handling: one line; a bug: the traceback."""

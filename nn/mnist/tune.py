@@ -20,15 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nn.mnist.search_space import SearchSettings, expand, load_settings, lookup, with_values
+from nn.mnist.search_space import (SearchSettings, check_values, expand, load_settings, lookup,
+                                   with_values)
 
 DEFAULT_STORAGE = "sqlite:///.nn-tune/studies.db"  # .nn-tune/ is in .gitignore
 LIVE = Path(".nn-tune/live")   # DVCLive's files of the trial being saved as an experiment
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")  # toward --trials: not failed ones, nor one queued
+STOP_AFTER = 3  # trials of a worker failed in a row that stop the search: it cannot go on
+EXIT_STOPPED = 3  # a worker process's exit status when it stopped so (python -m nn.mnist.tune)
 
 
 class TuneError(RuntimeError):
     """The search cannot start or go on (storage, study, data); one line."""
+
+
+class SearchStopped(TuneError):
+    """A worker stopped after STOP_AFTER failed trials in a row; the caller words the line."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ def open_storage(url: str, heartbeat: float):
 
     # the heartbeat has been "experimental" since Optuna 2.9; it is what fails a killed trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if in_memory(url):
+        raise TuneError(f"storage {url}: an in-memory database lives and dies with one process "
+                        f"(and its connection), so a study there cannot be resumed or shared: "
+                        f"give a file, e.g. {DEFAULT_STORAGE}")
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -67,12 +78,30 @@ def open_storage(url: str, heartbeat: float):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                               heartbeat_interval=max(1, round(heartbeat)),
                                               grace_period=max(3, round(3 * heartbeat)))
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        except ImportError as e:  # Optuna's "Please install appropriate one", from the driver's
+            missing = e.__cause__ if isinstance(e.__cause__, ImportError) else e
+            extra = " (pip install -e '.[team]' installs it)" if url.startswith("postgresql") else ""
+            raise TuneError(f"storage {safe_url(url)}: its database driver is not installed "
+                            f"({missing}){extra}") from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
             # two workers creating the tables of a new database at once: one of them loses
             if "already exists" not in str(e) or attempt == 2:
                 raise TuneError(f"storage {safe_url(url)}: {reason}") from None
             time.sleep(1)
+
+
+def in_memory(url: str) -> bool:
+    """Whether `url` is an SQLite database in memory (sqlite://, sqlite:///:memory:, ...)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return False  # not a URL: open_storage says so
+    return u.get_backend_name() == "sqlite" and (
+        u.database in (None, "", ":memory:") or u.query.get("mode") == "memory")
 
 
 def safe_url(url: str) -> str:
@@ -84,10 +113,13 @@ def safe_url(url: str) -> str:
     return url.split("@")[-1]
 
 
-def open_study(job: Job, settings: SearchSettings, tree: dict, worker: int = 0):
+def open_study(job: Job, settings: SearchSettings, tree: dict, worker: int = 0, *,
+               queue_defaults: bool = False):
     """The study named job.study, created or joined; TuneError if it holds another search.
-    A new study's first trial is params.yaml's own values (where the space holds them), so
-    that the search is measured against the defaults at the same budget.
+    Its first trial is params.yaml's own values (where the space holds them), so that the
+    search is measured against the defaults at the same budget; the command, before any
+    worker starts (`queue_defaults`), queues it again until it has completed (a Ctrl-C or a
+    dead worker fails it), and it is never pruned.
 
     Its sampler is seeded from job.seed, the worker's index and the trials the study holds
     already: a fresh single-worker search is reproducible, and neither a resumed search nor a
@@ -109,24 +141,29 @@ def open_study(job: Job, settings: SearchSettings, tree: dict, worker: int = 0):
     found = study.user_attrs.get("search")
     if found is None:
         study.set_user_attr("search", signature)
-        defaults = {path: lookup(tree, path) for path in settings.space}
-        if all(d.holds(defaults[path]) for path, d in settings.space.items()):
-            study.enqueue_trial(defaults, user_attrs={"defaults": True})
     elif found != signature:
         raise TuneError(f"study {job.study!r} in {safe_url(job.storage)} holds another search "
                         f"(model, budget or space differ): pick another --study, or delete it "
                         f"(optuna delete-study --study-name {job.study} --storage URL)")
+    defaults = {path: lookup(tree, path) for path in settings.space}
+    if queue_defaults and all(d.holds(defaults[path]) for path, d in settings.space.items()):
+        alive = ("COMPLETE", "WAITING", "RUNNING")  # done, or on its way
+        if not any(t.user_attrs.get("defaults") and t.state.name in alive
+                   for t in study.get_trials(deepcopy=False)):
+            study.enqueue_trial(defaults, user_attrs={"defaults": True})
     return study
 
 
 def epoch_reports(trial):
     """An `on_epoch` for train_model: report each epoch's dev accuracy to `trial` and stop the
-    run once the pruner says so."""
+    run once the pruner says so (never the defaults' trial: the baseline runs its budget)."""
     import optuna
+
+    baseline = bool(trial.user_attrs.get("defaults"))
 
     def report(record: dict) -> None:
         trial.report(record["dev_acc"], record["epoch"])
-        if trial.should_prune():
+        if not baseline and trial.should_prune():
             raise optuna.TrialPruned(f"dev {record['dev_acc']:.4f} at epoch {record['epoch']}")
     return report
 
@@ -253,10 +290,25 @@ def counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+def failure_streak(limit: int):
+    """An Optuna callback that stops the study once `limit` trials in a row have failed: a
+    search whose every trial fails (a budget that diverges, data that cannot be learned)
+    would otherwise replace them forever. `callback.stopped` says whether it did."""
+
+    def callback(study, trial) -> None:
+        callback.run = callback.run + 1 if trial.state.name == "FAIL" else 0
+        if callback.run >= limit:
+            callback.stopped = True
+            study.stop()
+
+    callback.run, callback.stopped = 0, False
+    return callback
+
+
 def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
     """One worker: trials of the study until it holds job.trials that did not fail, and none
     is running elsewhere (a trial of a worker that died is failed by its heartbeat, and
-    replaced)."""
+    replaced); SearchStopped after STOP_AFTER failed trials in a row."""
     import optuna
 
     from nn.mnist.training import load_split
@@ -269,15 +321,19 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     callbacks = [optuna.study.MaxTrialsCallback(
         job.trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)),
-        announce(echo)]
+        announce(echo), failing := failure_streak(STOP_AFTER)]
     if job.experiments:
         callbacks.append(trial_experiment(job, settings, echo))
     run = objective(job, settings, tree, data, worker)
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
-        if counted(study) < job.trials:
+        # a queued trial (the defaults', run again) runs even in a full study
+        if counted(study) < job.trials or study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             study.optimize(run, callbacks=callbacks, gc_after_trial=True,
                            catch=(ValueError, DivergedError, UselessModelError))
+            if failing.stopped:
+                raise SearchStopped(f"after {STOP_AFTER} trials failed in a row")
         elif any(t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials(
                 deepcopy=False)):
             time.sleep(job.heartbeat)  # others' last trials: done, or failed by their heartbeat
@@ -309,7 +365,10 @@ def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None])
         for p in procs:
             p.wait()  # each got the Ctrl-C too: Optuna fails its trial and it stops
         raise
-    dead = [(i, p, code) for i, (p, code) in enumerate(zip(procs, codes)) if code != 0]
+    dead = [(i, p, code) for i, (p, code) in enumerate(zip(procs, codes))
+            if code not in (0, EXIT_STOPPED)]
+    if not dead and EXIT_STOPPED in codes:
+        raise SearchStopped(f"after {STOP_AFTER} trials failed in a row")
     if dead:
         i, _, code = dead[0]
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
@@ -464,8 +523,10 @@ def budget_epochs(settings: SearchSettings, tree: dict, model: str) -> int:
 
 def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores: int, out: Path,
          retrain_best: bool, echo: Callable[[str], None] = print) -> dict:
-    """The whole search (see the module's docstring); returns the table, the best trial and,
-    with `retrain_best`, the retrain's metrics beside the defaults'."""
+    """The whole search (see the module's docstring); returns the table, the best trial, the
+    trials of this run that failed ("failed": count and the first one's line) and, with
+    `retrain_best`, the retrain's metrics beside the defaults'. TuneError if the search
+    stopped itself (STOP_AFTER failed trials in a row), quoting the first failure."""
     import optuna
 
     from nn.mnist.training import load_split
@@ -473,18 +534,21 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if retrain_best:
         load_split(job.data, "test")  # checked now, not after the search
-    study = open_study(job, settings, tree)  # a bad storage or study stops here, before any worker
-    before = counted(study)
+    # a bad storage or study stops here, before any worker
+    study = open_study(job, settings, tree, queue_defaults=True)
+    before, first = counted(study), len(study.get_trials(deepcopy=False))
     echo(f"tune: {job.model}: study {job.study!r} in {safe_url(job.storage)}, {before} of "
          f"{job.trials} trials there, {workers} worker(s) x {max(1, cores // workers)} thread(s), "
          f"budget {', '.join(f'{k}={v}' for k, v in settings.budget.items()) or 'full'}")
     start = time.perf_counter()
-    died = None
+    died = stopped = None
     try:
         run_workers(job, workers, cores, echo)
     except WorkerDied as e:
         died = e
         fail_trials_of(job, e.workers, str(e).partition(";")[0])
+    except SearchStopped as e:
+        stopped = e
     study = open_study(job, settings, tree)
     # a trial of a worker killed elsewhere is failed once its heartbeat is stale
     optuna.storages.fail_stale_trials(study)
@@ -496,7 +560,13 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
          f"{saved:.0f} s of trial time -> {', '.join(map(str, paths))}")
     if died:
         raise died
-    result = {"table": table, "best": None, "final": None, "pruned": pruned, "saved": saved}
+    failed = table[(table["number"] >= first) & (table["state"] == "fail")]
+    why = "" if failed.empty else \
+        f"trial {failed['number'].iloc[0]}: {failed['error'].iloc[0] or 'failed'}"
+    if stopped:
+        raise TuneError(f"the search stopped {stopped}; the first failure: {why}")
+    result = {"table": table, "best": None, "final": None, "pruned": pruned, "saved": saved,
+              "failed": (len(failed), why)}
     if "complete" not in set(table["state"]):
         raise TuneError("no trial completed: " + (table["error"].iloc[-1] or "see the log above"))
     result["best"] = best = study.best_trial
@@ -513,6 +583,11 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
 def make_job(model: str, params: Path, data: Path, *, storage: str | None, study: str | None,
              trials: int | None, seed: int | None, heartbeat: float, experiments: bool
              ) -> tuple[Job, SearchSettings, dict]:
+    """The search's job, its settings and params.yaml's tree, all checked (check_values: every
+    value the space and budget can give passes the params model a training run uses)."""
+    from nn.mnist.params import validate
+    from nn.mnist.training import TrainParams
+
     settings, tree = load_settings(model, params)
     job = Job(model=model, params=params, data=data, storage=storage or DEFAULT_STORAGE,
               study=study or f"tune-{model}", trials=trials or settings.trials,
@@ -520,6 +595,7 @@ def make_job(model: str, params: Path, data: Path, *, storage: str | None, study
               experiments=experiments)
     if not math.isfinite(heartbeat) or heartbeat <= 0:
         raise TuneError(f"--heartbeat {heartbeat}: must be a positive number of seconds")
+    check_values(settings, tree, model, lambda section, prefix: validate(TrainParams, section, prefix))
     return job, settings, tree
 
 
@@ -537,6 +613,8 @@ if __name__ == "__main__":  # one worker of run_workers: python -m nn.mnist.tune
             work(job, index)
     except KeyboardInterrupt:
         sys.exit(130)
+    except SearchStopped:
+        sys.exit(EXIT_STOPPED)  # the command says why, from the study
     except TuneError as e:
         print(f"error: worker {index + 1}: {e}", file=sys.stderr)
         sys.exit(1)
