@@ -8,6 +8,7 @@ file, serve.html, beside this module; nothing is fetched from elsewhere, so it w
     GET  /api/health      {"status": "ok", "models": {"mlp": {...}, "cnn": {...}}}
     POST /api/predict     an image -> nn predict's JSON object plus "model" and "diagnostics"
     POST /api/explain     the same, plus every layer's output and the saliency (nn.mnist.explain)
+    POST /api/backward    the same, plus every layer's gradient of the loss of ?label= (top class by default)
     GET  /api/kernel      ?model=cnn&layer=1&channel=0: one Conv2d kernel, numbers and picture
     GET  /docs/0N-....md  the guide's layer pages (text), which the layers view links to
 
@@ -134,9 +135,21 @@ def _option(query: dict, fields: dict, name: str, default):
     return default
 
 
-def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: bool = False) -> dict:
+def class_index(classifier: Classifier, label) -> int | None:
+    """The index of class `label` ("7", "71") of a model; None for None (the top class)."""
+    if label is None:
+        return None
+    if not isinstance(label, str) or label not in classifier.classes:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"label must be one of the model's classes "
+                           f"({classifier.classes[0]} to {classifier.classes[-1]}), not {label!r}")
+    return classifier.classes.index(label)
+
+
+def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: bool = False,
+            backward: bool = False, label=None) -> dict:
     """One image through the same path as `nn predict`. -> the response object; with `explain`,
-    from the layers view's pass, plus "layers", "saliency" and "saliency_max"."""
+    from the layers view's pass, plus "layers", "saliency" and "saliency_max"; with `backward`,
+    plus "backward": each layer's gradient of the loss of `label` (the top class if None)."""
     if not isinstance(model, str) or model not in models:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
     if isinstance(top_k, str) and top_k.isdigit():
@@ -144,24 +157,25 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"top_k must be an integer from 1 to {MAX_TOP_K}, not {top_k!r}")
     m = models[model]
+    c = class_index(m.classifier, label)
     warnings: list[str] = []  # degenerate images (preprocess), then the split's doubts
-    try:
-        x, diag = preprocess_explained(io.BytesIO(image), m.classifier.width, notes=warnings)
-    except ImageTooLargeError as e:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
-    except BlankImageError as e:
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
-    except ImageError as e:
-        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    x, diag = read_image(m, image, warnings)
     view = {}
     with m.lock:
-        if explain:
+        if backward:
+            grad = explaining.backward(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization), c)
+            trace = grad.trace
+            order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
+            top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
+        elif explain:
             trace = explaining.explain(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization))
             order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
             top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
         else:
             top = rank(m.classifier, x[None], top_k)[0]
-    if explain:
+    if backward:
+        view = explaining.backward_json(grad, m.classifier.classes)
+    elif explain:
         view = explaining.view_json(trace, m.classifier.classes)
     if diag.touches_edge:
         warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
@@ -180,6 +194,18 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         },
         **view,
     }
+
+
+def read_image(m: Model, image: bytes, warnings: list[str]):
+    """The image as `m` reads it: (x (28, W) uint8, diagnostics); RequestError if it cannot be read."""
+    try:
+        return preprocess_explained(io.BytesIO(image), m.classifier.width, notes=warnings)
+    except ImageTooLargeError as e:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
+    except BlankImageError as e:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+    except ImageError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
 
 def kernel(models: dict[str, Model], query: dict) -> dict:
@@ -252,6 +278,7 @@ class Handler(BaseHTTPRequestHandler):
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
                   "/api/explain": ("POST", self._explain), "/api/kernel": ("GET", self._kernel),
+                  "/api/backward": ("POST", self._backward),
                   **{f"/docs/{page}": ("GET", self._doc) for page in DOC_PAGES}}
         try:
             if url.path not in routes:
@@ -297,18 +324,26 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(health(self.server.models))
 
-    def _predict(self, query, explain: bool = False) -> tuple[HTTPStatus, str, bytes]:
+    def _same_origin(self) -> None:
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc != self.headers.get("Host"):
             self.close_connection = True  # the body is not read
             raise RequestError(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin} refused")
+
+    def _predict(self, query, explain: bool = False, backward: bool = False) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
         image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
         model = _option(query, fields, "model", "cnn")
         top_k = _option(query, fields, "top_k", DEFAULT_TOP_K)
-        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k, explain))
+        label = _option(query, fields, "label", None) if backward else None
+        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k, explain,
+                                                                backward, label))
 
     def _explain(self, query) -> tuple[HTTPStatus, str, bytes]:
         return self._predict(query, explain=True)
+
+    def _backward(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return self._predict(query, backward=True)
 
     def _kernel(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(kernel(self.server.models, query))
