@@ -163,3 +163,48 @@ def test_the_api_shows_a_direct_backward_layer_by_layer(server, plain_paths, mod
     m = float(np.abs(dx).max())
     assert b["input_max"] == pytest.approx(m, rel=1e-5)
     assert np.abs(indices(b["input"]) - ex.diverging_index(dx[0, :, :, 0], m)).max() <= 1
+
+
+def test_nn_explain_backward_draws_the_gradients(tmp_path):
+    from typer.testing import CliRunner
+
+    from nn.mnist.cli import app
+    from nn.mnist.preprocess import preprocess
+
+    rng = np.random.default_rng(5)
+    path = servefakes.save(tmp_path / "tiled.npz", randomize_statistics(build(servefakes.TILED_SPEC, rng), rng), 56)
+    image = tmp_path / "71.png"
+    image.write_bytes(drawing("71"))
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["explain", str(image), "--model", str(path), "--backward", "--label", "42",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sheet = np.asarray(ex.Image.open(out).convert("RGB"))
+    # the last band: the input and, beside it, dL/d(input) of the loss of 42, as a direct backward draws it
+    net, info = modelfile.load(path, engine="reference")
+    x = preprocess(image, 56)
+    g = ex.backward(net, modelfile.normalize(x[None], info.normalization), 42)
+    assert g.label == 42
+    want = np.asarray(ex._zoomed(ex.diverging_index(g.dinput, float(np.abs(g.dinput).max())), 4))
+    top, left = sheet.shape[0] - 30 - ex.PAD - want.shape[0], ex.PAD + 56 * 4 + ex.PAD
+    np.testing.assert_array_equal(sheet[top:top + want.shape[0], left:left + want.shape[1]], want)
+    assert sheet.shape[1] == ex.SHEET_WIDTH and sheet.shape[0] > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backward", "--label", "711"], "error: label must be one of the model's classes (00 to 99), not '711'"),
+    (["--backward", "--label", "7"], "error: label must be one of the model's classes (00 to 99), not '7'"),
+    (["--label", "71"], "error: --label needs --backward"),
+])
+def test_nn_explain_backward_bad_label(plain_paths, tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from nn.mnist.cli import app
+
+    image = tmp_path / "71.png"
+    image.write_bytes(drawing("71"))
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["explain", str(image), "--model", str(plain_paths["cnn"]), *args,
+                                      "--out", str(out)])
+    assert result.exit_code == 1 and result.output == message + "\n"
+    assert not out.exists()

@@ -166,24 +166,34 @@ def explain(
     image: Annotated[Path, typer.Argument(help="An image file, as for `nn predict`.", show_default=False)],
     model: Annotated[Path, typer.Option("--model", "-m", help="Saved model (.npz).")] = DEFAULT_MODEL,
     out: Annotated[Path, typer.Option("--out", "-o", help="The PNG sheet to write.")] = Path("explain.png"),
+    backward: Annotated[bool, typer.Option("--backward", help="Draw the gradients of a label's loss instead.")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="With --backward: the label whose loss flows "
+                                               "back (default: the top class).", show_default=False)] = None,
 ) -> None:
     """Draw what every layer computes on one image, and which pixels decided it, as one PNG.
 
     The sheet shows the input, its saliency (the gradient of the top class's score), each
-    layer's maps or bars, and the probabilities. Exit status 1 if the image cannot be read or
-    the sheet written, 2 if the model cannot be loaded.
+    layer's maps or bars, and the probabilities. With --backward, each layer's gradient of the
+    loss of --label instead, and its weights' gradients. Exit status 1 if the image cannot be
+    read, the label is not a class or the sheet cannot be written, 2 if the model cannot be loaded.
     """
     from nn.files import write_bytes
-    from nn.mnist.explain import explain_file
+    from nn.mnist.explain import LabelError, explain_file
     from nn.mnist.modelfile import ModelFileError
     from nn.mnist.pictures import png_bytes
     from nn.mnist.preprocess import ImageError
 
+    if label is not None and not backward:
+        _fail("--label needs --backward")
+        raise typer.Exit(1)
     try:
-        picture, label, p = explain_file(image, model)
+        picture, top, p = explain_file(image, model, backward, label)
     except ModelFileError as e:
         _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
+    except LabelError as e:
+        _fail(str(e))
+        raise typer.Exit(1) from None
     except ImageError as e:
         _fail(f"{image}: {e}")
         raise typer.Exit(1) from None
@@ -195,7 +205,7 @@ def explain(
     except OSError as e:
         _fail(f"{out}: cannot write ({(e.strerror or str(e)).lower()})")
         raise typer.Exit(1) from None
-    typer.echo(f"{image}: {label} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
+    typer.echo(f"{image}: {top} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
 
 
 SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."

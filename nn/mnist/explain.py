@@ -50,6 +50,10 @@ LAYER_DOCS = {
 }
 
 
+class LabelError(ValueError):
+    """A label that is not one of the model's classes (`nn explain --backward --label`)."""
+
+
 @dataclass
 class Trace:
     """One image through a model: each layer's output, the logits' softmax and the saliency."""
@@ -449,7 +453,8 @@ SHEET_WIDTH = 1000  # px; rows wrap their pictures to this width
 PAD = 10
 # Pillow's default font has no glyphs for these: the sheet spells them in ASCII
 ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2",
-                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
+                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-", "ᵀ": "^T", "\u0302": "_hat",
+                       "⋆": "*", "±": "+-"})
 
 
 def _text(lines: list[str], width: int) -> Image.Image:
@@ -523,7 +528,6 @@ def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Imag
 def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") -> Image.Image:
     """The layers view as one picture: the input and its saliency, then one band per layer
     (its maps per tile, bars, digit or pair probabilities), then the prediction. image: (H, W) uint8."""
-    font, small = _font(14), _font(11)
     bands: list[tuple[str, list[Image.Image]]] = []
     inp = _inked(image, 4)
     over = Image.fromarray(saliency_rgba(trace.saliency), "RGBA").resize(inp.size, Image.NEAREST) \
@@ -541,10 +545,19 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
         if type(layer).__name__ in LAYER_DOCS:
             caption += f"     {LAYER_DOCS[type(layer).__name__][0]}"
         bands.append((caption, _layer_pictures(trace, i, classes)))
+    return _compose(title or "nn explain", bands, f"reads {_verdict(trace, classes)}")
+
+
+def _verdict(trace: Trace, classes: list[str]) -> str:
     top = [(classes[c] if c < len(classes) else str(c), trace.proba[c])
            for c in np.argsort(-trace.proba, kind="stable")[:3]]
-    verdict = "  ".join(f"{label} {p:.1%}" for label, p in top)
-    # layout: each band a caption line, then its pictures left to right, wrapping at the width
+    return "  ".join(f"{label} {p:.1%}" for label, p in top)
+
+
+def _compose(title: str, bands: list[tuple[str, list[Image.Image]]], footer: str) -> Image.Image:
+    """The sheet: a title, then each band a caption line and its pictures left to right, wrapping
+    at the width, then a footer line."""
+    font, small = _font(14), _font(11)
     placed, y = [], PAD + 24
     for caption, pics in bands:
         placed.append(("text", caption.translate(ASCII), (PAD, y)))
@@ -560,26 +573,95 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
     height = y + 30
     out = Image.new("RGB", (SHEET_WIDTH, height), "white")
     d = ImageDraw.Draw(out)
-    d.text((PAD, PAD), (title or "nn explain").translate(ASCII), font=font, fill="black")
+    d.text((PAD, PAD), title.translate(ASCII), font=font, fill="black")
     for kind, what, pos in placed:
         if kind == "text":
             d.text(pos, what, font=small, fill=(60, 60, 60))
         else:
             out.paste(what, pos)
-    d.text((PAD, height - 22), f"reads {verdict}", font=font, fill="black")
+    d.text((PAD, height - 22), footer.translate(ASCII), font=font, fill="black")
     return out
 
 
-def explain_file(image: str | os.PathLike, model: str | os.PathLike) -> tuple[Image.Image, str, float]:
-    """`nn explain`: read `image` as `nn predict` does, run it through the model at `model`.
-    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not."""
+def _zoomed(index: np.ndarray, scale: int) -> Image.Image:
+    im = paletted(index).convert("RGB")
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+
+
+def _grad_pictures(grad: Gradients, i: int) -> list[Image.Image]:
+    """Layer i's dL/d(output) (maps per tile or bars) and its weights' gradients, for the sheet."""
+    layer, d = grad.trace.net.layers[i], grad.douts[i]
+    m = _absmax(d)
+    pics: list[Image.Image] = []
+    if d.ndim == 4:
+        scale = 3 if d.shape[3] == 1 else 2 if d.shape[1] <= 14 else 1
+        pics += [_zoomed(grad_atlas(t, m), scale) for t in d]
+    elif type(layer).__name__ != "Flatten":
+        rows = d.reshape(layer.parts, -1) if isinstance(layer, Untile) else d
+        pics += [_bars(r, min(SHEET_WIDTH // len(rows) - 2 * PAD, max(200, 2 * rows.shape[1])), 50) for r in rows]
+    for name, g in grad.grads[i].items():
+        gm = _absmax(g)
+        if isinstance(layer, Conv2d) and name == "W":
+            w = layer.params["W"]
+            pics += [_zoomed(kernel_atlas(w, _absmax(w)), 4), _zoomed(kernel_atlas(g, gm), 4)]
+        elif g.ndim == 2:
+            rows = np.sort(np.argsort(-np.abs(g).sum(axis=0), kind="stable")[:MATRIX_ROWS])
+            im = paletted(diverging_index(g[:, rows].T, gm)).convert("RGB")
+            pics.append(im.resize((min(im.width, SHEET_WIDTH - 2 * PAD), im.height * 4), Image.NEAREST))
+        else:
+            pics.append(_bars(g, min(SHEET_WIDTH - 2 * PAD, max(200, 2 * len(g))), 40))
+    return pics
+
+
+def backward_sheet(grad: Gradients, image: np.ndarray, classes: list[str], title: str = "") -> Image.Image:
+    """The backward view as one picture: a band per layer from the loss down (dL/d(output), then
+    its weights' gradients: a convolution's kernels and their gradient side by side), then the
+    input and dL/d(input). Red raises the loss, blue lowers it, white: no effect. image: (H, W) uint8."""
+    label = classes[grad.label] if grad.label < len(classes) else str(grad.label)
+    bands: list[tuple[str, list[Image.Image]]] = [(
+        f"the loss of the label {label}: L = -log p({label}) = {grad.loss:.4f}   "
+        f"(red: raising the value raises the loss, blue: lowers it; each row to its own ±max)", [])]
+    for i in range(len(grad.douts) - 1, -1, -1):
+        layer = grad.trace.net.layers[i]
+        d = grad.douts[i]
+        caption = f"{i}  {layer!r}  dL/d(output) {'×'.join(map(str, d.shape[1:]))}" + \
+            (f" per digit ×{len(d)}" if len(d) > 1 else "") + f"  max {_absmax(d):.3g}     " + \
+            BACKWARD_FORMULAS[type(layer).__name__]
+        if grad.grads[i]:
+            caption += "   [then: " + ", ".join(
+                f"d{k}" + (" beside W" if k == "W" and isinstance(layer, Conv2d) else
+                           f" of {min(MATRIX_ROWS, g.shape[1])} units" if g.ndim == 2 else "")
+                for k, g in grad.grads[i].items()) + "]"
+        bands.append((caption, _grad_pictures(grad, i)))
+    bands.append((f"input (as the network sees it)  ·  dL/d(input), max {_absmax(grad.dinput):.3g}",
+                  [_inked(image, 4), _zoomed(diverging_index(grad.dinput, _absmax(grad.dinput)), 4)]))
+    return _compose(title or "nn explain --backward", bands, f"reads {_verdict(grad.trace, classes)}")
+
+
+def explain_file(image: str | os.PathLike, model: str | os.PathLike, gradients: bool = False,
+                 label: str | None = None) -> tuple[Image.Image, str, float]:
+    """`nn explain`: read `image` as `nn predict` does, run it through the model at `model`; with
+    `gradients` (`nn explain --backward`), the gradients of the loss of `label` (the top class if None) instead.
+    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not;
+    LabelError if `label` is not one of the model's classes."""
     from nn.mnist.classify import load_classifier
     from nn.mnist.modelfile import normalize
     from nn.mnist.preprocess import preprocess
 
     classifier = load_classifier(model, engine="reference")
+    if label is not None and label not in classifier.classes:
+        raise LabelError(f"label must be one of the model's classes ({classifier.classes[0]} to "
+                         f"{classifier.classes[-1]}), not {label!r}")
     x = preprocess(image, classifier.width)  # (28, W) uint8
-    trace = explain(classifier.net, normalize(x[None], classifier.info.normalization))
-    label, p = classifier.classes[trace.top], float(trace.proba[trace.top])
-    title = f"nn explain {Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
-    return sheet(trace, x, classifier.classes, title), label, p
+    h = normalize(x[None], classifier.info.normalization)
+    if gradients:
+        grad = backward(classifier.net, h, None if label is None else classifier.classes.index(label))
+        trace = grad.trace
+    else:
+        trace = explain(classifier.net, h)
+    top, p = classifier.classes[trace.top], float(trace.proba[trace.top])
+    title = f"nn explain {Path(image).name} with {Path(model).name}: reads {top} ({p:.1%})"
+    if gradients:
+        label = classifier.classes[grad.label]
+        return backward_sheet(grad, x, classifier.classes, f"{title}; the gradients of the loss of {label}"), top, p
+    return sheet(trace, x, classifier.classes, title), top, p
