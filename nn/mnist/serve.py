@@ -10,6 +10,9 @@ file, serve.html, beside this module; nothing is fetched from elsewhere, so it w
     POST /api/explain     the same, plus every layer's output and the saliency (nn.mnist.explain)
     POST /api/backward    the same, plus every layer's gradient of the loss of ?label= (top class by default)
     GET  /api/kernel      ?model=cnn&layer=1&channel=0: one Conv2d kernel, numbers and picture
+    POST /api/teach       an image and ?label=71&steps=1&lr=0.1[&session=...]: gradient descent on it,
+                          on a private copy of the model (a session); before and after
+    POST /api/reset       ?session=...: forget a session's copy
     GET  /docs/0N-....md  the guide's layer pages (text), which the layers view links to
 
 The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn&top_k=5), or
@@ -27,6 +30,9 @@ import binascii
 import io
 import ipaddress
 import json
+import math
+import re
+import secrets
 import socket
 import sys
 import threading
@@ -47,7 +53,9 @@ from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
 from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
 from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
+from nn.layers import Conv2d
 from nn.model import Sequential
+from nn.optim import SGD
 
 MAX_BODY = 10 * 1024 * 1024  # bytes: a drawing is ~10 kB, a phone photo a few MB
 DEFAULT_TOP_K = 5
@@ -57,6 +65,10 @@ PAGE = "serve.html"
 LISTEN_QUEUE = 128  # connections the kernel holds before accept(): a burst of clients, not resets
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the guide, in a source checkout
 DOC_PAGES = sorted({page for _, page in explaining.LAYER_DOCS.values()})
+MAX_SESSIONS = 16  # private copies of a model that "teach it" changes (the CNN's: ~1.7 MB each)
+SESSION_TTL = 600  # seconds a session lives after its last use
+MAX_TEACH_STEPS = 20  # gradient-descent steps per teach request
+MAX_LR = 1.0
 
 
 class RequestError(Exception):
@@ -208,6 +220,150 @@ def read_image(m: Model, image: bytes, warnings: list[str]):
         raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
 
+@dataclass
+class Session:
+    """One page's private copy of a served model, which "teach it" changes."""
+
+    model: str
+    net: Sequential
+    lock: threading.Lock
+    used: float  # the clock's time of its last use
+    steps: int = 0
+
+
+class Sessions:
+    """The sessions of one server: at most `limit` (the least recently used goes when a new one
+    needs its place), each forgotten `ttl` seconds after its last use. Thread-safe."""
+
+    def __init__(self, limit: int = MAX_SESSIONS, ttl: float = SESSION_TTL, clock=time.monotonic):
+        self.limit, self.ttl, self.clock = limit, ttl, clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._sessions)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for sid in [sid for sid, s in self._sessions.items() if now - s.used > self.ttl]:
+            del self._sessions[sid]
+
+    def new(self, model: str, m: Model) -> tuple[str, Session]:
+        """A new session with a copy of m's weights (m's arrays are never written)."""
+        net = explaining.reference_copy(m.reference)
+        with self._lock:
+            self._expire()
+            while len(self._sessions) >= self.limit:
+                del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].used)]
+            sid = secrets.token_urlsafe(12)
+            self._sessions[sid] = session = Session(model, net, threading.Lock(), self.clock())
+        return sid, session
+
+    def get(self, sid, model: str | None = None) -> Session:
+        """The live session `sid`; RequestError 410 if it is unknown or expired, 400 if it is
+        another model's."""
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(sid) if isinstance(sid, str) else None
+            if session is None:
+                raise RequestError(HTTPStatus.GONE, f"session {str(sid)[:40]!r} is unknown or expired (sessions "
+                                   f"last {self.ttl:g} s after their last use): teach again to start a new one")
+            if model is not None and session.model != model:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"session {sid!r} is a copy of the {session.model} model, "
+                                   f"not {model!r}")
+            session.used = self.clock()
+            return session
+
+    def drop(self, sid) -> None:
+        self.get(sid)
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+
+def _bounded_int(name: str, value, lo: int, hi: int) -> int:
+    """A request's integer option (an int, or a string of ASCII digits) from lo to hi."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be an integer from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def _bounded_float(name: str, value, hi: float) -> float:
+    """A request's positive number option (a number, or a decimal string), over 0 and at most hi."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{0,9}\.?[0-9]{1,9}([eE][-+]?[0-9]{1,3})?", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= hi:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a number over 0 and at most {hi:g}, not {value!r}")
+    return float(value)
+
+
+def _summary(grad: explaining.Gradients, classes: list[str], top_k: int = DEFAULT_TOP_K) -> dict:
+    """A model's answer on the taught image: its prediction and the taught label's loss."""
+    order = np.argsort(-grad.trace.proba, kind="stable")[:min(top_k, len(classes))]
+    return {**prediction_json([(classes[i], float(grad.trace.proba[i])) for i in order]),
+            "loss": round(grad.loss, 6), "label_probability": round(float(grad.trace.proba[grad.label]), 6)}
+
+
+def _kernel_picture(w: np.ndarray, scale: float) -> str:
+    return explaining.data_url(explaining.paletted(explaining.kernel_atlas(w, scale)))
+
+
+def _kernels_changed(net: Sequential, before: dict[int, np.ndarray]) -> list[dict]:
+    """Each Conv2d's kernels before and after, on one scale, and their change on its own."""
+    views = []
+    for i, w0 in before.items():
+        w1 = net.layers[i].params["W"]
+        delta = w1 - w0
+        m, dm = max(float(np.abs(w0).max()), float(np.abs(w1).max())), float(np.abs(delta).max())
+        change = np.sqrt((delta ** 2).sum(axis=(0, 1, 2)))  # (C_out,) how far each kernel moved
+        views.append({"layer": i, "shape": list(w0.shape), "max": m, "change_max": dm,
+                      "before": _kernel_picture(w0, m), "after": _kernel_picture(w1, m),
+                      "change": _kernel_picture(delta, dm),
+                      "changed": [int(c) for c in np.argsort(-change, kind="stable")[:4]],
+                      "relative_change": round(float(np.sqrt((delta ** 2).sum() / (w0 ** 2).sum())), 8)})
+    return views
+
+
+def teach(models: dict[str, Model], sessions: Sessions, image: bytes, model, label, steps, lr, session) -> dict:
+    """POST /api/teach: `steps` steps of gradient descent (SGD, learning rate `lr`) on the image
+    with `label`, on the session's private copy of the model (a new session if `session` is
+    None). The served model is only read. -> the prediction and loss before and after, the loss
+    after each step, and each convolution's kernels before and after."""
+    if not isinstance(model, str) or model not in models:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
+    m = models[model]
+    if label is None:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "label is required: the label to teach (\"7\", \"71\")")
+    c = class_index(m.classifier, label)
+    steps = _bounded_int("steps", steps, 1, MAX_TEACH_STEPS)
+    lr = _bounded_float("lr", lr, MAX_LR)
+    live = sessions.get(session, model) if session is not None else None  # a stale one fails before the work
+    x, diag = read_image(m, image, [])
+    sid, live = (session, live) if live is not None else sessions.new(model, m)
+    h = modelfile.normalize(x[None], m.classifier.info.normalization)
+    classes = m.classifier.classes
+    with live.lock:
+        grad = explaining.backward(live.net, h, c)
+        before = _summary(grad, classes)
+        kernels = {i: layer.params["W"].copy() for i, layer in enumerate(live.net.layers)
+                   if isinstance(layer, Conv2d)}
+        optimizer, losses = SGD(lr), [before["loss"]]
+        for _ in range(steps):
+            optimizer.step(live.net.params, live.net.grads)  # the gradient of the last backward
+            grad = explaining.backward(live.net, h, c)
+            losses.append(round(grad.loss, 6))
+        live.steps += steps
+        return {"model": model, "session": sid, "label": classes[c], "steps": steps, "lr": lr,
+                "taught": live.steps, "expires_in": sessions.ttl, "before": before,
+                "after": _summary(grad, classes), "losses": losses,
+                "kernels": _kernels_changed(live.net, kernels),
+                "diagnostics": {"input": explaining.data_url(Image.fromarray(x)), "input_shape": list(x.shape)}}
+
+
 def kernel(models: dict[str, Model], query: dict) -> dict:
     """GET /api/kernel's answer: one output channel's kernel of a Conv2d layer."""
     model = _option(query, {}, "model", "cnn")
@@ -278,7 +434,8 @@ class Handler(BaseHTTPRequestHandler):
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
                   "/api/explain": ("POST", self._explain), "/api/kernel": ("GET", self._kernel),
-                  "/api/backward": ("POST", self._backward),
+                  "/api/backward": ("POST", self._backward), "/api/teach": ("POST", self._teach),
+                  "/api/reset": ("POST", self._reset),
                   **{f"/docs/{page}": ("GET", self._doc) for page in DOC_PAGES}}
         try:
             if url.path not in routes:
@@ -344,6 +501,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def _backward(self, query) -> tuple[HTTPStatus, str, bytes]:
         return self._predict(query, backward=True)
+
+    def _teach(self, query) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
+        options = {name: _option(query, fields, name, default) for name, default in
+                   (("model", "cnn"), ("label", None), ("steps", 1), ("lr", 0.1), ("session", None))}
+        return HTTPStatus.OK, "application/json", _json(teach(self.server.models, self.server.sessions, image,
+                                                              **options))
+
+    def _reset(self, query) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        if self.headers.get("Content-Length") is not None:
+            self._body()  # read (within the limits) and ignored: the session is in the query
+        sid = _option(query, {}, "session", None)
+        self.server.sessions.drop(sid)
+        return HTTPStatus.OK, "application/json", _json({"session": sid, "reset": True})
 
     def _kernel(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(kernel(self.server.models, query))
@@ -413,6 +586,7 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
         self.models = models
+        self.sessions = Sessions()  # "teach it": private copies of the models, per page
         self.page = resources.files(__package__).joinpath(PAGE).read_bytes()
         self.quiet = quiet
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
