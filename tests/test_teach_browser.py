@@ -56,3 +56,61 @@ def test_backward_mode_shows_each_layers_gradient(page, server, tmp_path):
     assert page.locator("#grad-label").get_attribute("aria-invalid") == "true"
     page.click("#dir-forward")
     page.locator("#layer-list[data-direction=forward]").wait_for(timeout=10_000)
+
+
+def test_teach_it_and_reset(page, server, tmp_path):
+    draw(page, "71")
+    settled(page)
+    page.fill("#teach-label", "7")  # one digit for the CNN: not a label of it
+    page.click("#teach-go")
+    assert page.locator("#teach-result .error").inner_text() == "Type the label to teach: two digits."
+    sessions = len(server.sessions)
+    page.fill("#teach-label", "42")
+    page.select_option("#teach-steps", "3")
+    page.click("#teach-go")
+    page.locator("body[data-teach=done]").wait_for(state="attached", timeout=10_000)
+    before = page.locator("#teach-before").inner_text()
+    after = page.locator("#teach-after").inner_text()
+    assert before.startswith("Before: reads ") and after.startswith("After 3 steps at lr 0.01: reads ")
+    losses = [float(v) for v in page.locator("#teach-losses").inner_text().split(": ")[1].split(" → ")]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert f"loss of 42: {losses[0]:.4f}" in before and f"loss of 42: {losses[-1]:.4f}" in after
+    conv = len([v for v in api(server, page.sent[-1], "cnn", "backward")["backward"]["layers"] if v["type"] == "Conv2d"])
+    assert page.locator("#teach-result img.grad").count() == 3 * conv  # before, after, change
+    assert len(server.sessions) == sessions + 1
+    # a second lesson goes on from the first, on the same copy
+    page.select_option("#teach-steps", "1")
+    page.click("#teach-go")
+    page.locator("#teach-result", has_text="taught 4 steps").wait_for(timeout=10_000)
+    assert f"loss of 42: {losses[-1]:.4f}" in page.locator("#teach-before").inner_text()
+    assert len(server.sessions) == sessions + 1
+    shoot(page, tmp_path, "teach.png", full_page=True)
+    # the served model still reads the drawing as before
+    assert page.locator("#label").inner_text() == api(server, page.sent[-1], "cnn")["label"]
+    page.click("#teach-reset")
+    page.locator("body[data-teach=reset]").wait_for(state="attached", timeout=10_000)
+    assert len(server.sessions) == sessions
+    page.click("#teach-go")  # after a reset: a fresh copy, from the served model's loss
+    page.locator("body[data-teach=done]").wait_for(state="attached", timeout=10_000)
+    assert f"loss of 42: {losses[0]:.4f}" in page.locator("#teach-before").inner_text()
+
+
+def test_backward_and_teach_fit_a_phone(browser, server, tmp_path):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server.url)
+    draw(page, "71")
+    settled(page)
+    page.click("#dir-backward")
+    page.locator("#layer-list[data-direction=backward]").wait_for(timeout=10_000)
+    page.fill("#teach-label", "71")
+    page.click("#teach-go")
+    page.locator("body[data-teach=done]").wait_for(state="attached", timeout=10_000)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
+    for img in page.locator("img.grad").all():
+        box = img.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    page.locator("#teach").scroll_into_view_if_needed()
+    shoot(page, tmp_path, "backward-phone.png")
+    context.close()
