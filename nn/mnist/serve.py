@@ -13,6 +13,8 @@ file, serve.html, beside this module; nothing is fetched from elsewhere, so it w
     POST /api/teach       an image and ?label=71&steps=1&lr=0.1[&session=...]: gradient descent on it,
                           on a private copy of the model (a session); before and after
     POST /api/reset       ?session=...: forget a session's copy
+    GET  /api/train       ?since=N: the training view (nn.mnist.watch): its state and points from N on
+    POST /api/train/start, /api/train/stop: one seeded run at a time, in its own process
     GET  /docs/0N-....md  the guide's layer pages (text), which the layers view links to
 
 The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn&top_k=5), or
@@ -53,6 +55,7 @@ from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
 from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
 from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
+from nn.mnist.watch import Watch, WatchError
 from nn.layers import Conv2d
 from nn.model import Sequential
 from nn.optim import SGD
@@ -435,7 +438,8 @@ class Handler(BaseHTTPRequestHandler):
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
                   "/api/explain": ("POST", self._explain), "/api/kernel": ("GET", self._kernel),
                   "/api/backward": ("POST", self._backward), "/api/teach": ("POST", self._teach),
-                  "/api/reset": ("POST", self._reset),
+                  "/api/reset": ("POST", self._reset), "/api/train": ("GET", self._train),
+                  "/api/train/start": ("POST", self._train_start), "/api/train/stop": ("POST", self._train_stop),
                   **{f"/docs/{page}": ("GET", self._doc) for page in DOC_PAGES}}
         try:
             if url.path not in routes:
@@ -509,6 +513,33 @@ class Handler(BaseHTTPRequestHandler):
                    (("model", "cnn"), ("label", None), ("steps", 1), ("lr", 0.1), ("session", None))}
         return HTTPStatus.OK, "application/json", _json(teach(self.server.models, self.server.sessions, image,
                                                               **options))
+
+    def _watch(self) -> Watch:
+        if self.server.watch is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, "the training view is off: start nn serve with --watch-data "
+                               "FOLDER (train.npz, dev.npz, test.npz)")
+        return self.server.watch
+
+    def _train(self, query) -> tuple[HTTPStatus, str, bytes]:
+        since = _bounded_int("since", _option(query, {}, "since", 0), 0, 10 ** 9)
+        return HTTPStatus.OK, "application/json", _json(self._watch().view(since))
+
+    def _train_start(self, query, stop: bool = False) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        if self.headers.get("Content-Length") is not None:
+            self._body()  # read (within the limits) and ignored
+        watch = self._watch()
+        try:
+            if stop:
+                watch.stop()
+            else:
+                watch.start()
+        except WatchError as e:
+            raise RequestError(HTTPStatus.CONFLICT, str(e)) from None
+        return HTTPStatus.OK, "application/json", _json(watch.view(watch.view()["next"]))
+
+    def _train_stop(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return self._train_start(query, stop=True)
 
     def _reset(self, query) -> tuple[HTTPStatus, str, bytes]:
         self._same_origin()
@@ -584,13 +615,21 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
     request_queue_size = LISTEN_QUEUE
 
-    def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
+    def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False,
+                 watch: Watch | None = None):
         self.models = models
+        self.watch = watch  # the training view, or None (off)
         self.sessions = Sessions()  # "teach it": private copies of the models, per page
         self.page = resources.files(__package__).joinpath(PAGE).read_bytes()
         self.quiet = quiet
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
+
+    def server_close(self) -> None:
+        """Close the socket and stop the training view's run with the server."""
+        super().server_close()
+        if self.watch is not None:
+            self.watch.close()
 
     def handle_error(self, request, client_address) -> None:
         """A client's reset or timeout outside a request's handling: one line; a bug: the traceback."""
