@@ -4,7 +4,15 @@ its own process, on tiny fake MNIST-100 data with a tiny network and budget."""
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +155,47 @@ def test_the_training_view_is_off_without_data(tmp_path):
         status, answer, _ = request(s, "POST", "/api/train/start")
         assert status == 404 and answer["error"].startswith("the training view is off")
         assert request(s, "GET", "/api/health")[0] == 200
+
+
+def test_nn_serve_trains_in_the_view_and_stops_with_ctrl_c(tmp_path, folder):
+    paths = servefakes.untrained_models(tmp_path)
+    (tmp_path / "params.yaml").write_text("cnn:\n" + "".join(
+        f"  {k}: {json.dumps(v)}\n" for k, v in params().model_dump().items()))
+    exe = Path(sys.executable).parent / "nn"
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--mlp", paths["mlp"], "--cnn", paths["cnn"],
+                             "--watch-data", folder, "--watch-steps", "100000", "--params", tmp_path / "params.yaml",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        m = re.fullmatch(r"nn serve: http://[\d.]+:(\d+)/  \(Ctrl-C to stop\)\n", proc.stdout.readline())
+        conn = http.client.HTTPConnection("127.0.0.1", int(m[1]), timeout=10)
+        conn.request("POST", "/api/train/start")
+        r = conn.getresponse()
+        assert r.status == 200 and json.load(r)["steps"] == 100_000
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            conn.request("GET", "/api/train")
+            if json.load(conn.getresponse())["points"]:
+                break
+            time.sleep(0.1)
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)  # mid-run: the run stops with the server
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+    # without the data: it serves, and says in one line that the view is off
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--mlp", paths["mlp"], "--cnn", paths["cnn"],
+                             "--watch-data", tmp_path / "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        m = re.fullmatch(r"nn serve: http://[\d.]+:(\d+)/  \(Ctrl-C to stop\)\n", proc.stdout.readline())
+        conn = http.client.HTTPConnection("127.0.0.1", int(m[1]), timeout=10)
+        conn.request("POST", "/api/train/start")
+        assert conn.getresponse().status == 404  # serving, with the view off
+        conn.close()
+        assert proc.stderr.readline() == f"nn serve: the training view is off: no {tmp_path / 'none' / 'train.npz'}\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

@@ -221,22 +221,40 @@ def serve(
     engine: Annotated[
         Literal["fast", "reference"], typer.Option(help="Which implementation runs the models.")
     ] = "fast",
+    watch_data: Annotated[Path, typer.Option(help="The training view's data (train.npz, dev.npz, "
+                                             "test.npz); off if there is no train.npz.")] = Path("data/mnist100"),
+    watch_steps: Annotated[int, typer.Option(min=1, max=100_000, help="Training steps of a run in the "
+                                             "training view.")] = 600,
+    params: Annotated[Path, typer.Option(help="Params file: the training view trains its cnn section.")] = Path("params.yaml"),
 ) -> None:
     """Serve a web page to draw a digit or a two-digit number and see the networks read it.
 
     Loads both models once, then answers until Ctrl-C. Exit status 2 if a model cannot be
-    loaded, 1 if the address cannot be bound.
+    loaded, 1 if the address cannot be bound. The training view ("watch it learn") trains the
+    params' cnn section on --watch-data, one run at a time; without the data or with bad
+    params it is off, and says why in one line.
     """
     from nn.mnist import serve as web
     from nn.mnist.modelfile import ModelFileError
+    from nn.mnist.params import ParamsError, load_params
+    from nn.mnist.training import TrainParams
+    from nn.mnist.watch import Watch
 
     try:
         models = web.load_models({"mlp": mlp, "cnn": cnn}, engine=engine)
     except ModelFileError as e:
         _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
+    watch, off = None, None
+    if not (watch_data / "train.npz").is_file():
+        off = f"no {watch_data / 'train.npz'}"
+    else:
+        try:
+            watch = Watch(watch_data, load_params(TrainParams, "cnn", params), steps=watch_steps)
+        except ParamsError as e:
+            off = str(e)
     try:
-        server = web.Server((host, port), models, quiet=quiet)
+        server = web.Server((host, port), models, quiet=quiet, watch=watch)
     except OSError as e:
         _fail(f"cannot listen on {host}:{port} ({(e.strerror or str(e)).lower()})")
         raise typer.Exit(1) from None
@@ -244,6 +262,8 @@ def serve(
         typer.echo(f"warning: listening on {host}, not only this machine: anyone who can reach it "
                    "can use the demo", err=True)
     typer.echo(f"nn serve: {server.url}  (Ctrl-C to stop)")
+    if off:
+        typer.echo(f"nn serve: the training view is off: {off}", err=True)
     with server:
         try:
             server.serve_forever()

@@ -20,6 +20,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -44,6 +45,7 @@ class _Done(Exception):
 
 def _run(folder: Path, params, steps: int, every: int, out, stop) -> None:
     """The training process: sends ("start", {...}), ("point", {...}) ..., ("end", {...}) to `out`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `nn serve` reaches its group: the server stops us
     os.environ["NN_THREADS"] = "1"  # the engine's threads, read when it first starts them
     if hasattr(os, "nice"):
         os.nice(5)
