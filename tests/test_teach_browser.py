@@ -1,4 +1,4 @@
-"""The backward view and "teach it" on the `nn serve` page, in Debian's Chromium driven by Playwright.
+"""The backward view, "teach it" and "watch it learn" on the `nn serve` page, in Debian's Chromium driven by Playwright.
 
 The fixtures and helpers are tests/test_serve_browser.py's (it says what they need). Screenshots go
 to the test's temporary folder, and to docs/ when $NN_BACKWARD_SCREENSHOTS is set (how
@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from nn.mnist.watch import Watch
 from test_serve_browser import BROWSER, api, browser, draw, models, page, server, settled  # noqa: F401 -- fixtures
+from test_watch import folder  # noqa: F401 -- a fixture
+from test_watch import params as watch_params
 
 pytestmark = pytest.mark.skipif(
     BROWSER is None, reason="no Chromium found (apt-get install chromium, or set NN_CHROMIUM to its path)")
@@ -114,3 +117,36 @@ def test_backward_and_teach_fit_a_phone(browser, server, tmp_path):
     page.locator("#teach").scroll_into_view_if_needed()
     shoot(page, tmp_path, "backward-phone.png")
     context.close()
+
+
+def test_watch_it_learn_start_and_stop(browser, server, folder, tmp_path):
+    """A run on tiny fake data with a tiny network (tests/test_watch.py's), started and stopped on the page."""
+    server.watch = Watch(folder, watch_params(), steps=100_000, every=3)
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    try:
+        page.goto(server.url)
+        page.locator("body[data-watch=idle]").wait_for(state="attached", timeout=10_000)
+        page.click("#watch-start")
+        page.locator("body[data-watch=running]").wait_for(state="attached", timeout=10_000)
+        page.locator("#watch-digits figure").nth(7).wait_for(timeout=60_000)  # the eight test images
+        page.locator("#watch-status", has_text="step 6 ").wait_for(timeout=60_000)
+        assert page.locator("#watch-kernels").get_attribute("src").startswith("data:image/png;base64,")
+        assert page.locator("#watch-start").is_disabled()
+        page.click("#watch-stop")
+        page.locator("body[data-watch=stopped]").wait_for(state="attached", timeout=30_000)
+        view = server.watch.view()
+        status = page.locator("#watch-status").inner_text()
+        last = view["points"][-1]
+        assert status.startswith("Stopped. · step ") and f"step {last['step']} of 100000" in status
+        captions = page.locator("#watch-digits figcaption").all_inner_texts()
+        assert captions == [f"{label}: reads {p['label']} ({100 * p['probability']:.0f} %)"
+                            for label, p in zip(view["labels"], last["predictions"])]
+        page.locator("#watch").scroll_into_view_if_needed()
+        shot = tmp_path / "watch.png"
+        page.locator("#watch").screenshot(path=str(shot))
+        assert shot.stat().st_size > 5_000
+    finally:
+        context.close()
+        server.watch.close()
+        server.watch = None
