@@ -48,7 +48,9 @@ def test_backward_mode_shows_each_layers_gradient(page, server, tmp_path):
     assert conv.locator(".params img.grad").count() == 2  # the kernels and, beside them, their gradient
     assert conv.locator("a").get_attribute("href") == "/docs/03-conv2d.md"
     assert page.locator(".layer[data-kind=input] img.grad").is_visible()
-    shoot(page, tmp_path, "backward.png", full_page=True, clip={"x": 0, "y": 0, "width": 1100, "height": 1500})
+    page.evaluate("window.scrollTo(0, 0)")
+    top = page.locator("#layers").bounding_box()["y"]  # the layers card, from the loss down
+    shoot(page, tmp_path, "backward.png", full_page=True, clip={"x": 0, "y": top - 10, "width": 1100, "height": 1500})
 
     # another label: its loss flows back instead
     other = "07" if want["label"] != "07" else "08"
@@ -81,13 +83,16 @@ def test_teach_it_and_reset(page, server, tmp_path):
     conv = len([v for v in api(server, page.sent[-1], "cnn", "backward")["backward"]["layers"] if v["type"] == "Conv2d"])
     assert page.locator("#teach-result img.grad").count() == 3 * conv  # before, after, change
     assert len(server.sessions) == sessions + 1
+    page.evaluate("window.scrollTo(0, 0)")  # bounding boxes are the viewport's: page coordinates at the top
+    bottom = page.locator("#teach").bounding_box()
+    shoot(page, tmp_path, "teach.png", full_page=True,  # the drawing and the lesson
+          clip={"x": 0, "y": 0, "width": 1100, "height": bottom["y"] + bottom["height"] + 10})
     # a second lesson goes on from the first, on the same copy
     page.select_option("#teach-steps", "1")
     page.click("#teach-go")
     page.locator("#teach-result", has_text="taught 4 steps").wait_for(timeout=10_000)
     assert f"loss of 42: {losses[-1]:.4f}" in page.locator("#teach-before").inner_text()
     assert len(server.sessions) == sessions + 1
-    shoot(page, tmp_path, "teach.png", full_page=True)
     # the served model still reads the drawing as before
     assert page.locator("#label").inner_text() == api(server, page.sent[-1], "cnn")["label"]
     page.click("#teach-reset")
@@ -111,10 +116,10 @@ def test_backward_and_teach_fit_a_phone(browser, server, tmp_path):
     page.click("#teach-go")
     page.locator("body[data-teach=done]").wait_for(state="attached", timeout=10_000)
     assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
-    for img in page.locator("img.grad").all():
+    for img in page.locator("img.grad:visible").all():
         box = img.bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 375, box
-    page.locator("#teach").scroll_into_view_if_needed()
+    page.locator("#loss-line").scroll_into_view_if_needed()  # the backward view, from the loss down
     shoot(page, tmp_path, "backward-phone.png")
     context.close()
 
