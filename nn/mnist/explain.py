@@ -1,10 +1,13 @@
-"""What every layer of a model computes on one image, and which pixels decided it.
+"""What every layer of a model computes on one image, which pixels decided it, and the gradients.
 
     trace = explain(net, x)          # x: (1, 28, W, 1) normalized; one inference-mode forward
     trace.outputs[i]                 # layer i's output for this image: (rows, ...), rows = 2 after Tiles
     trace.saliency                   # (28, W): d(top class's score) / d(input), by our own backward
     view_json(trace, classes)        # what `POST /api/explain` returns (maps as PNG data URLs)
     sheet(trace, image, classes)     # the same as one Pillow picture (`nn explain`)
+    grad = backward(net, x, label)   # the backward view: the loss of `label`, back through every layer
+    grad.douts[i], grad.grads[i]     # dL/d(layer i's output), dL/d(its weights)
+    backward_json(grad, classes)     # `POST /api/backward`; backward_sheet: `nn explain --backward`
 
 The forward is the reference layers' (`nn.layers`), on a private copy of the model: the layers
 keep a cache for backward only when `training` is true, so the layers whose training forward is
@@ -120,10 +123,31 @@ def _explain(net: Sequential, x: np.ndarray) -> Trace:
     if scales is not None:
         dout = np.zeros_like(h)
         dout[0, proba.argmax()] = 1  # d(score of the top class)/d(logits)
-        for layer, scale in zip(reversed(net.layers), reversed(scales)):
-            dout = dout * scale if scale is not None else layer.backward(dout)
-        saliency = dout[0, :, :, 0]
+        saliency = _backward(net, x, outputs, scales, dout)[1][0, :, :, 0]
     return Trace(net=net, input=x, outputs=outputs, proba=proba, saliency=saliency)
+
+
+def _backward(net: Sequential, x: np.ndarray, outputs: list[np.ndarray], scales: list[np.ndarray | None],
+              dout: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Back from dout = d(something)/d(last output) through every layer, after `_forward`:
+    -> (d/d(layer i's output) for each i, d/d(x)). Each layer's `grads` is filled as its own
+    backward fills it; a BatchNorm's (inference mode: a fixed scale) with the running statistics,
+    dγ = Σ dy · x̂ and dβ = Σ dy."""
+    douts: list = [None] * len(net.layers)
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer, douts[i] = net.layers[i], dout
+        if scales[i] is None:
+            dout = layer.backward(dout)
+            continue
+        if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+            x_in = outputs[i - 1] if i else x
+            ch = x_in.shape[-1]
+            x_hat = (x_in.reshape(-1, ch) - layer.buffers["running_mean"]) / \
+                np.sqrt(layer.buffers["running_var"] + layer.eps)          # (M, C), running statistics
+            d2 = dout.reshape(-1, ch)
+            layer.grads = {"gamma": (d2 * x_hat).sum(axis=0), "beta": d2.sum(axis=0)}
+        dout = dout * scales[i]
+    return douts, dout
 
 
 @dataclass
@@ -142,8 +166,7 @@ def backward(net: Sequential, x: np.ndarray, label: int | None = None) -> Gradie
     """One image x: (1, H, W, 1) through the reference layers `net` in inference mode, then one
     backward of the cross-entropy loss of `label` (the top class if None) down to the input.
 
-    Each layer's `grads` is filled as its own backward fills it (BatchNorm in inference mode: dγ =
-    Σ dy·x̂, dβ = Σ dy with the running statistics), so `net.grads` is the whole gradient: an
+    Every layer's `grads` is filled (see _backward), so `net.grads` is the whole gradient: an
     optimiser's `step(net.params, net.grads)` is one step of gradient descent on this image.
     ValueError if a layer is unknown here or `label` is not a class.
     """
@@ -158,26 +181,12 @@ def backward(net: Sequential, x: np.ndarray, label: int | None = None) -> Gradie
         c = int(proba.argmax()) if label is None else label
         if not 0 <= c < len(proba):
             raise ValueError(f"label must be a class from 0 to {len(proba) - 1}, not {c}")
-        loss, dout = softmax_cross_entropy(logits, np.array([c]))  # dout = p - onehot(c)
-        n = len(net.layers)
-        douts: list[np.ndarray] = [logits] * n
-        for i in range(n - 1, -1, -1):
-            layer, douts[i] = net.layers[i], dout
-            if scales[i] is None:
-                dout = layer.backward(dout)
-            else:
-                if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
-                    x_in = outputs[i - 1] if i else x
-                    ch = x_in.shape[-1]
-                    x_hat = (x_in.reshape(-1, ch) - layer.buffers["running_mean"]) / \
-                        np.sqrt(layer.buffers["running_var"] + layer.eps)   # (M, C), running statistics
-                    d2 = dout.reshape(-1, ch)
-                    layer.grads = {"gamma": (d2 * x_hat).sum(axis=0), "beta": d2.sum(axis=0)}
-                dout = dout * scales[i]
+        loss, dlogits = softmax_cross_entropy(logits, np.array([c]))  # p - onehot(c)
+        douts, dx = _backward(net, x, outputs, scales, dlogits)
     trace = Trace(net=net, input=x, outputs=outputs, proba=proba, saliency=None)
     return Gradients(trace=trace, label=c, loss=float(loss), douts=douts,
                      grads=[{k: layer.grads[k] for k in layer.params} for layer in net.layers],
-                     dinput=dout[0, :, :, 0])
+                     dinput=dx[0, :, :, 0])
 
 
 # --- pictures ---------------------------------------------------------------------------
