@@ -177,15 +177,14 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
     x, diag = read_image(m, image, warnings)
     view = {}
     with m.lock:
-        if backward:
-            grad = explaining.backward(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization), c)
-            trace = grad.trace
-            order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
-            top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
-        elif explain:
-            trace = explaining.explain(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization))
-            order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
-            top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
+        if backward or explain:
+            h = modelfile.normalize(x[None], m.classifier.info.normalization)
+            if backward:
+                grad = explaining.backward(m.reference, h, c)
+                trace = grad.trace
+            else:
+                trace = explaining.explain(m.reference, h)
+            top = _ranked(trace.proba, m.classifier.classes, top_k)
         else:
             top = rank(m.classifier, x[None], top_k)[0]
     if backward:
@@ -209,6 +208,12 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         },
         **view,
     }
+
+
+def _ranked(proba: np.ndarray, classes: list[str], top_k: int) -> list[tuple[str, float]]:
+    """The top_k (label, probability) pairs of a (K,) probability vector, best first."""
+    order = np.argsort(-proba, kind="stable")[:min(top_k, len(classes))]
+    return [(classes[i], float(proba[i])) for i in order]
 
 
 def read_image(m: Model, image: bytes, warnings: list[str]):
@@ -306,8 +311,7 @@ def _bounded_float(name: str, value, hi: float) -> float:
 
 def _summary(grad: explaining.Gradients, classes: list[str], top_k: int = DEFAULT_TOP_K) -> dict:
     """A model's answer on the taught image: its prediction and the taught label's loss."""
-    order = np.argsort(-grad.trace.proba, kind="stable")[:min(top_k, len(classes))]
-    return {**prediction_json([(classes[i], float(grad.trace.proba[i])) for i in order]),
+    return {**prediction_json(_ranked(grad.trace.proba, classes, top_k)),
             "loss": round(grad.loss, 6), "label_probability": round(float(grad.trace.proba[grad.label]), 6)}
 
 
