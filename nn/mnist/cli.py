@@ -190,22 +190,29 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="The sheet to write, in the format of "
                                       "its extension (.png, .jpg, .webp, ...).")] = Path("explain.png"),
     force: Annotated[bool, typer.Option("--force", help="Let --out overwrite an existing file.")] = False,
+    backward: Annotated[bool, typer.Option("--backward", help="Draw the gradients of a label's loss instead.")] = False,
+    label: Annotated[str | None, typer.Option("--label", help="With --backward: the label whose loss flows "
+                                               "back (default: the top class).", show_default=False)] = None,
 ) -> None:
     """Draw what every layer computes on one image, and which pixels decided it, as one picture.
 
     The sheet shows the input, its saliency (the gradient of the top class's score), each
-    layer's maps or bars, and the probabilities. Exit status 1 if the image cannot be read or
-    the sheet written (an existing --out without --force, an extension that is not a picture
-    format), 2 if the model cannot be loaded.
+    layer's maps or bars, and the probabilities. With --backward, each layer's gradient of the
+    loss of --label instead, and its weights' gradients. Exit status 1 if the image cannot be
+    read, the label is not a class or the sheet cannot be written (an existing --out without
+    --force, an extension that is not a picture format), 2 if the model cannot be loaded.
     """
     import io
     import sys
 
     from nn.files import write_bytes
-    from nn.mnist.explain import explain_file
+    from nn.mnist.explain import LabelError, explain_file
     from nn.mnist.modelfile import ModelFileError
     from nn.mnist.preprocess import ImageError
 
+    if label is not None and not backward:
+        _fail("--label needs --backward")
+        raise typer.Exit(1)
     form = _picture_format(out)  # before any work: the user's files are safe
     if out.exists() and not force:
         _fail(f"{out}: exists; --out does not overwrite files without --force")
@@ -213,10 +220,14 @@ def explain(
     stdin = str(image) == "-"
     try:
         source = io.BytesIO(sys.stdin.buffer.read()) if stdin else image
-        picture, label, p = explain_file(source, model, name="stdin" if stdin else None)
+        picture, top, p = explain_file(source, model, backward, label,
+                                       name="stdin" if stdin else None)
     except ModelFileError as e:
         _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
+    except LabelError as e:
+        _fail(str(e))
+        raise typer.Exit(1) from None
     except ImageError as e:
         _fail(f"{image}: {e}")
         raise typer.Exit(1) from None
@@ -230,7 +241,7 @@ def explain(
     except OSError as e:
         _fail(f"{out}: cannot write ({_reason(e)})")
         raise typer.Exit(1) from None
-    typer.echo(f"{image}: {label} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
+    typer.echo(f"{image}: {top} (p={p:.3f})  sheet: {out} ({picture.width}x{picture.height})")
 
 
 SERVE_HOST_HELP = "Address to listen on; 0.0.0.0 makes the demo reachable from other machines."
@@ -246,22 +257,40 @@ def serve(
     engine: Annotated[
         Literal["fast", "reference"], typer.Option(help="Which implementation runs the models.")
     ] = "fast",
+    watch_data: Annotated[Path, typer.Option(help="The training view's data (train.npz, dev.npz, "
+                                             "test.npz); off if there is no train.npz.")] = Path("data/mnist100"),
+    watch_steps: Annotated[int, typer.Option(min=1, max=100_000, help="Training steps of a run in the "
+                                             "training view.")] = 600,
+    params: Annotated[Path, typer.Option(help="Params file: the training view trains its cnn section.")] = Path("params.yaml"),
 ) -> None:
     """Serve a web page to draw a digit or a two-digit number and see the networks read it.
 
     Loads both models once, then answers until Ctrl-C. Exit status 2 if a model cannot be
-    loaded, 1 if the address cannot be bound.
+    loaded, 1 if the address cannot be bound. The training view ("watch it learn") trains the
+    params' cnn section on --watch-data, one run at a time; without the data or with bad
+    params it is off, and says why in one line.
     """
     from nn.mnist import serve as web
     from nn.mnist.modelfile import ModelFileError
+    from nn.mnist.params import ParamsError, load_params
+    from nn.mnist.training import TrainParams
+    from nn.mnist.watch import Watch
 
     try:
         models = web.load_models({"mlp": mlp, "cnn": cnn}, engine=engine)
     except ModelFileError as e:
         _fail(str(e))
         raise typer.Exit(EXIT_MODEL) from None
+    watch, off = None, None
+    if not (watch_data / "train.npz").is_file():
+        off = f"no {watch_data / 'train.npz'}"
+    else:
+        try:
+            watch = Watch(watch_data, load_params(TrainParams, "cnn", params), steps=watch_steps)
+        except ParamsError as e:
+            off = str(e)
     try:
-        server = web.Server((host, port), models, quiet=quiet)
+        server = web.Server((host, port), models, quiet=quiet, watch=watch)
     except OSError as e:
         _fail(f"cannot listen on {host}:{port} ({_reason(e)})")
         raise typer.Exit(1) from None
@@ -269,6 +298,8 @@ def serve(
         typer.echo(f"warning: listening on {host}, not only this machine: anyone who can reach it "
                    "can use the demo", err=True)
     typer.echo(f"nn serve: {server.url}  (Ctrl-C to stop)")
+    if off:
+        typer.echo(f"nn serve: the training view is off: {off}", err=True)
     with server:
         try:
             server.serve_forever()

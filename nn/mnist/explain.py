@@ -1,10 +1,13 @@
-"""What every layer of a model computes on one image, and which pixels decided it.
+"""What every layer of a model computes on one image, which pixels decided it, and the gradients.
 
     trace = explain(net, x)          # x: (1, 28, W, 1) normalized; one inference-mode forward
     trace.outputs[i]                 # layer i's output for this image: (rows, ...), rows = 2 after Tiles
     trace.saliency                   # (28, W): d(top class's score) / d(input), by our own backward
     view_json(trace, classes)        # what `POST /api/explain` returns (maps as PNG data URLs)
     sheet(trace, image, classes)     # the same as one Pillow picture (`nn explain`)
+    grad = backward(net, x, label)   # the backward view: the loss of `label`, back through every layer
+    grad.douts[i], grad.grads[i]     # dL/d(layer i's output), dL/d(its weights)
+    backward_json(grad, classes)     # `POST /api/backward`; backward_sheet: `nn explain --backward`
 
 The forward is the reference layers' (`nn.layers`), on a private copy of the model: the layers
 keep a cache for backward only when `training` is true, so the layers whose training forward is
@@ -27,7 +30,7 @@ from PIL import Image, ImageDraw
 from nn.fast.threads import single_threaded_blas
 from nn.layers import BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, \
     OuterSum, ReLU, Tiles, Untile
-from nn.losses import softmax
+from nn.losses import softmax, softmax_cross_entropy
 from nn.mnist.pictures import _font, png_bytes
 from nn.model import Sequential
 
@@ -49,6 +52,10 @@ LAYER_DOCS = {
     "Untile": ("each digit's 10 scores side by side; p(digit) = softmax(scores)", "02-softmax-cross-entropy.md"),
     "OuterSum": ("score(ab) = s₁(a) + s₂(b), so p(ab) = p₁(a) · p₂(b)", "02-softmax-cross-entropy.md"),
 }
+
+
+class LabelError(ValueError):
+    """A label that is not one of the model's classes (`nn explain --backward --label`)."""
 
 
 @dataclass
@@ -89,10 +96,12 @@ def explain(net: Sequential, x: np.ndarray) -> Trace:
         return _explain(net, x)
 
 
-def _explain(net: Sequential, x: np.ndarray) -> Trace:
+def _forward(net: Sequential, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None] | None]:
+    """Each layer's output in inference mode, with the caches backward needs, and each SCALED
+    layer's d(output)/d(input) (None for a CACHED one); the second is None if a layer is unknown."""
     outputs, scales, backward_ok = [], [], True
     h = x
-    for i, layer in enumerate(net.layers):
+    for layer in net.layers:
         if isinstance(layer, CACHED):
             h = layer.forward(h, training=True)  # the same numbers as training=False, plus the cache
             scales.append(None)
@@ -104,15 +113,81 @@ def _explain(net: Sequential, x: np.ndarray) -> Trace:
                 scales.append(None)
             h = layer.forward(h, training=False)
         outputs.append(h)
+    return outputs, scales if backward_ok else None
+
+
+def _explain(net: Sequential, x: np.ndarray) -> Trace:
+    outputs, scales = _forward(net, x)
+    h = outputs[-1]
     proba = softmax(h.astype(np.float64))[0]
     saliency = None
-    if backward_ok:
+    if scales is not None:
         dout = np.zeros_like(h)
         dout[0, proba.argmax()] = 1  # d(score of the top class)/d(logits)
-        for layer, scale in zip(reversed(net.layers), reversed(scales)):
-            dout = dout * scale if scale is not None else layer.backward(dout)
-        saliency = dout[0, :, :, 0]
+        saliency = _backward(net, x, outputs, scales, dout)[1][0, :, :, 0]
     return Trace(net=net, input=x, outputs=outputs, proba=proba, saliency=saliency)
+
+
+def _backward(net: Sequential, x: np.ndarray, outputs: list[np.ndarray], scales: list[np.ndarray | None],
+              dout: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Back from dout = d(something)/d(last output) through every layer, after `_forward`:
+    -> (d/d(layer i's output) for each i, d/d(x)). Each layer's `grads` is filled as its own
+    backward fills it; a BatchNorm's (inference mode: a fixed scale) with the running statistics,
+    dγ = Σ dy · x̂ and dβ = Σ dy."""
+    douts: list = [None] * len(net.layers)
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer, douts[i] = net.layers[i], dout
+        if scales[i] is None:
+            dout = layer.backward(dout)
+            continue
+        if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+            x_in = outputs[i - 1] if i else x
+            ch = x_in.shape[-1]
+            x_hat = (x_in.reshape(-1, ch) - layer.buffers["running_mean"]) / \
+                np.sqrt(layer.buffers["running_var"] + layer.eps)          # (M, C), running statistics
+            d2 = dout.reshape(-1, ch)
+            layer.grads = {"gamma": (d2 * x_hat).sum(axis=0), "beta": d2.sum(axis=0)}
+        dout = dout * scales[i]
+    return douts, dout
+
+
+@dataclass
+class Gradients:
+    """The loss of one label on one image, back through every layer: the backward view."""
+
+    trace: Trace                          # the forward (saliency None: this pass is the loss's)
+    label: int                            # the class whose loss this is
+    loss: float                           # -log p(label)
+    douts: list[np.ndarray]               # dL/d(layer i's output), shaped as trace.outputs[i]
+    grads: list[dict[str, np.ndarray]]    # dL/d(layer i's params), keyed as its params ({} without)
+    dinput: np.ndarray                    # (H, W) dL/d(input)
+
+
+def backward(net: Sequential, x: np.ndarray, label: int | None = None) -> Gradients:
+    """One image x: (1, H, W, 1) through the reference layers `net` in inference mode, then one
+    backward of the cross-entropy loss of `label` (the top class if None) down to the input.
+
+    Every layer's `grads` is filled (see _backward), so `net.grads` is the whole gradient: an
+    optimiser's `step(net.params, net.grads)` is one step of gradient descent on this image.
+    ValueError if a layer is unknown here or `label` is not a class.
+    """
+    if x.shape[0] != 1:
+        raise ValueError(f"backward takes one image, got a batch of {x.shape[0]}")
+    with single_threaded_blas():
+        outputs, scales = _forward(net, x)
+        if scales is None:
+            raise ValueError("the model has a layer without a backward here")
+        logits = outputs[-1]
+        proba = softmax(logits.astype(np.float64))[0]
+        c = int(proba.argmax()) if label is None else label
+        if not 0 <= c < len(proba):
+            raise ValueError(f"label must be a class from 0 to {len(proba) - 1}, not {c}")
+        loss, dlogits = softmax_cross_entropy(logits, np.array([c]))  # p - onehot(c)
+        douts, dx = _backward(net, x, outputs, scales, dlogits)
+    trace = Trace(net=net, input=x, outputs=outputs, proba=proba, saliency=None)
+    return Gradients(trace=trace, label=c, loss=float(loss), douts=douts,
+                     grads=[{k: layer.grads[k] for k in layer.params} for layer in net.layers],
+                     dinput=dx[0, :, :, 0])
 
 
 # --- pictures ---------------------------------------------------------------------------
@@ -122,18 +197,61 @@ def _gray(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((a - lo) * (255 / (hi - lo if hi > lo else 1)), 0, 255).astype(np.uint8)
 
 
+def _grid(tiles: np.ndarray, columns: int, gap) -> np.ndarray:
+    """(n, h, w[, 3]) uint8 tiles -> one grid, tile t at row t // columns, column t % columns,
+    1 px gaps of colour `gap`."""
+    n, h, w = tiles.shape[:3]
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    grid = np.empty((rows * (h + 1) - 1, cols * (w + 1) - 1, *tiles.shape[3:]), np.uint8)
+    grid[...] = gap
+    for t in range(n):
+        r, q = divmod(t, cols)
+        grid[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = tiles[t]
+    return grid
+
+
 def map_atlas(maps: np.ndarray, lo: float, hi: float, columns: int = MAP_COLUMNS) -> np.ndarray:
     """(H, W, C) channel maps -> one grayscale (rows*(H+1)-1, cols*(W+1)-1) uint8 grid, channel c
     at row c // cols, column c % cols, 1 px gaps (mid-gray), values lo..hi as black..white."""
-    h, w, c = maps.shape
-    cols = min(columns, c)
-    rows = -(-c // cols)
-    atlas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 128, np.uint8)
-    g = _gray(maps, lo, hi)
-    for ch in range(c):
-        r, q = divmod(ch, cols)
-        atlas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = g[:, :, ch]
-    return atlas
+    return _grid(_gray(maps, lo, hi).transpose(2, 0, 1), columns, 128)
+
+
+def diverging(a: np.ndarray, m: float) -> np.ndarray:
+    """Values -> (..., 3) uint8 on a diverging scale: white at 0, red at +m, blue at -m."""
+    t = np.clip(a / (m or 1.0), -1, 1)
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    return np.round(np.stack([255 - 215 * neg, 255 - 195 * (pos + neg), 255 - 215 * pos], axis=-1)).astype(np.uint8)
+
+
+LEVELS = 255  # diverging levels: index 0 is -m, 127 zero, 254 +m; index GAP is the grids' gaps
+GAP = 255
+PALETTE = np.concatenate([diverging(np.linspace(-1, 1, LEVELS), 1.0), [[150, 150, 150]]]).astype(np.uint8)
+
+
+def diverging_index(a: np.ndarray, m: float) -> np.ndarray:
+    """Values -> uint8 indices into PALETTE (0: -m, 127: 0, 254: +m)."""
+    return np.round((np.clip(a / (m or 1.0), -1, 1) + 1) * (LEVELS - 1) / 2).astype(np.uint8)
+
+
+def paletted(index: np.ndarray) -> Image.Image:
+    """Indices into PALETTE -> a one-byte-per-pixel PNG-ready picture (a third of RGB's bytes)."""
+    im = Image.fromarray(index, "P")
+    im.putpalette(PALETTE.ravel().tolist())
+    return im
+
+
+def grad_atlas(maps: np.ndarray, m: float, columns: int = MAP_COLUMNS) -> np.ndarray:
+    """(H, W, C) gradient maps -> PALETTE indices laid out as map_atlas lays them, scale ±m."""
+    return _grid(diverging_index(maps.transpose(2, 0, 1), m), columns, GAP)
+
+
+def kernel_atlas(w: np.ndarray, m: float) -> np.ndarray:
+    """A Conv2d's (kh, kw, C_in, C_out) weights (or their gradient) -> PALETTE indices, scale ±m:
+    a row per output channel, its C_in kernels across (one input channel: 8 a row)."""
+    kh, kw, c_in, c_out = w.shape
+    tiles = diverging_index(w.transpose(3, 2, 0, 1).reshape(c_out * c_in, kh, kw), m)  # (C_out*C_in, kh, kw)
+    return _grid(tiles, c_in if c_in > 1 else MAP_COLUMNS, GAP)
 
 
 def saliency_rgba(saliency: np.ndarray) -> np.ndarray:
@@ -241,17 +359,102 @@ def kernel_json(net: Sequential, index: int, channel: int) -> dict:
     pos, neg = np.clip(k / m, 0, 1), np.clip(-k / m, 0, 1)
     rgb = np.stack([255 - 200 * neg, 255 - 200 * (pos + neg), 255 - 200 * pos], axis=-1)  # (C_in, kh, kw, 3)
     cols = min(MAP_COLUMNS, len(k))
-    rows = -(-len(k) // cols)
-    kh, kw = k.shape[1:]
-    atlas = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1, 3), 160, np.uint8)
-    for c in range(len(k)):
-        r, q = divmod(c, cols)
-        atlas[r * (kh + 1):r * (kh + 1) + kh, q * (kw + 1):q * (kw + 1) + kw] = rgb[c].astype(np.uint8)
+    atlas = _grid(rgb.astype(np.uint8), cols, 160)
     strongest = int(np.abs(k).reshape(len(k), -1).sum(axis=1).argmax())
     return {"layer": index, "channel": channel, "weights": np.round(k, 4).tolist(),
             "bias": None if bias is None else round(float(bias[channel]), 4), "strongest": strongest,
             "columns": cols, "picture": data_url(Image.fromarray(atlas, "RGB")),
             "formula": LAYER_DOCS["Conv2d"][0], "doc": LAYER_DOCS["Conv2d"][1]}
+
+
+# --- the backward view ------------------------------------------------------------------
+
+# Each known layer's backward pass (plain text): what it sends down, and its weights' gradient.
+BACKWARD_FORMULAS = {
+    "Linear": "dx = dy·Wᵀ,  dW = xᵀ·dy,  db = Σ dy",
+    "ReLU": "dx = dy where x > 0, else 0",
+    "Flatten": "dx = dy, reshaped back into the maps",
+    "Conv2d": "dW[u,v,k,c] = Σ_i,j x[i+u, j+v, k] · dy[i,j,c],  db[c] = Σ_i,j dy[i,j,c],  dx = dy ⋆ W flipped",
+    "MaxPool2d": "dx = dy at each window's maximum, 0 elsewhere",
+    "Dropout": "dx = dy (inference: dropout is off)",
+    "BatchNorm1d": "dx = dy · γ / √(σ²_run + ε),  dγ = Σ dy · x̂,  dβ = Σ dy",
+    "BatchNorm2d": "dx = dy · γ / √(σ²_run + ε),  dγ = Σ dy · x̂,  dβ = Σ dy",
+    "Tiles": "dx = the two digits' gradients side by side again",
+    "Untile": "each digit's 10 score gradients go back to its own tile",
+    "OuterSum": "ds₁(a) = Σ_b dy(ab),  ds₂(b) = Σ_a dy(ab)",
+}
+LOSS_FORMULA = "L = −log p(label),  dL/dscores = p − onehot(label)"
+MATRIX_ROWS = 16  # a Linear's dW is drawn for its output units with the largest gradient, at most this many
+
+
+def _sig(a: np.ndarray, digits: int = 4) -> list:
+    """Nested lists of floats to `digits` significant digits: gradients are small, not few."""
+    return np.vectorize(lambda v: float(f"{v:.{digits}g}"), otypes=[float])(a).tolist() if a.size else a.tolist()
+
+
+def _absmax(a: np.ndarray) -> float:
+    return float(np.abs(a).max()) if a.size else 0.0
+
+
+def _param_views(layer: Layer, grads: dict[str, np.ndarray]) -> list[dict]:
+    """A layer's weights' gradients as the backward view shows them."""
+    views = []
+    for name, g in grads.items():
+        view = {"name": name, "shape": list(g.shape), "max": _absmax(g)}
+        if isinstance(layer, Conv2d) and name == "W":
+            w = layer.params["W"]
+            view.update(kind="kernels", columns=g.shape[2] if g.shape[2] > 1 else MAP_COLUMNS, weights_max=_absmax(w),
+                        weights=data_url(paletted(kernel_atlas(w, _absmax(w)))),
+                        grad=data_url(paletted(kernel_atlas(g, view["max"]))))
+        elif g.ndim == 2:  # Linear's W (in, out): a row per output unit, the strongest MATRIX_ROWS
+            rows = np.sort(np.argsort(-np.abs(g).sum(axis=0), kind="stable")[:MATRIX_ROWS])
+            view.update(kind="matrix", rows=rows.tolist(),
+                        grad=data_url(paletted(diverging_index(g[:, rows].T, view["max"]))))
+        elif g.ndim == 1:
+            view.update(kind="bars", values=_sig(g))
+        else:
+            view.update(kind="list", min=float(g.min()), mean=float(g.mean()))
+        views.append(view)
+    return views
+
+
+def backward_views(grad: Gradients, classes: list[str]) -> list[dict]:
+    """Each layer's dL/d(output) and its weights' gradient (the JSON of `POST /api/backward`)."""
+    views = []
+    net = grad.trace.net
+    for i, (layer, d) in enumerate(zip(net.layers, grad.douts)):
+        name = type(layer).__name__
+        m = _absmax(d)
+        view = {"index": i, "type": name, "spec": layer.spec, "shape": list(d.shape[1:]), "tiles": len(d), "max": m}
+        if d.ndim == 4:
+            view.update(kind="maps", channels=d.shape[3], columns=min(MAP_COLUMNS, d.shape[3]),
+                        maps=[data_url(paletted(grad_atlas(t, m))) for t in d])
+        elif name == "Flatten":
+            view.update(kind="flat")
+        else:
+            values = d.reshape(layer.parts, -1) if name == "Untile" else d
+            view.update(kind="bars", values=_sig(values))
+            if i == len(net.layers) - 1 and d.shape[1] == len(classes) <= 20:
+                view["labels"] = classes
+            elif name == "Untile":
+                view["labels"] = [str(k) for k in range(values.shape[1])]
+        view["params"] = _param_views(layer, grad.grads[i])
+        view["formula"] = BACKWARD_FORMULAS[name] + ("   ·   " + LOSS_FORMULA if i == len(net.layers) - 1 else "")
+        view["doc"] = LAYER_DOCS[name][1]
+        views.append(view)
+    return views
+
+
+def backward_json(grad: Gradients, classes: list[str]) -> dict:
+    """The backward view: the label and its loss, each layer's gradients, dL/d(input) as a heat map."""
+    label = classes[grad.label] if grad.label < len(classes) else str(grad.label)
+    return {
+        "backward": {"label": label, "loss": round(grad.loss, 6),
+                     "probability": round(float(grad.trace.proba[grad.label]), 6),
+                     "layers": backward_views(grad, classes),
+                     "input": data_url(paletted(diverging_index(grad.dinput, _absmax(grad.dinput)))),
+                     "input_max": _absmax(grad.dinput)},
+    }
 
 
 # --- the sheet (`nn explain`) ------------------------------------------------------------
@@ -260,7 +463,8 @@ SHEET_WIDTH = 1000  # px; rows wrap their pictures to this width
 PAD = 10
 # Pillow's default font has no glyphs for these: the sheet spells them in ASCII
 ASCII = str.maketrans({"→": "->", "×": "x", "·": "*", "Σ": "sum ", "√": "sqrt", "₁": "1", "₂": "2",
-                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-"})
+                       "γ": "gamma", "β": "beta", "μ": "mu", "σ": "sigma", "²": "^2", "ε": "eps", "−": "-", "ᵀ": "^T", "\u0302": "_hat",
+                       "⋆": "*", "±": "+-"})
 
 
 def _text(lines: list[str], width: int) -> Image.Image:
@@ -334,7 +538,6 @@ def _layer_pictures(trace: Trace, i: int, classes: list[str]) -> list[Image.Imag
 def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") -> Image.Image:
     """The layers view as one picture: the input and its saliency, then one band per layer
     (its maps per tile, bars, digit or pair probabilities), then the prediction. image: (H, W) uint8."""
-    font, small = _font(14), _font(11)
     bands: list[tuple[str, list[Image.Image]]] = []
     inp = _inked(image, 4)
     over = Image.fromarray(saliency_rgba(trace.saliency), "RGBA").resize(inp.size, Image.NEAREST) \
@@ -352,10 +555,19 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
         if type(layer).__name__ in LAYER_DOCS:
             caption += f"     {LAYER_DOCS[type(layer).__name__][0]}"
         bands.append((caption, _layer_pictures(trace, i, classes)))
+    return _compose(title or "nn explain", bands, f"reads {_verdict(trace, classes)}")
+
+
+def _verdict(trace: Trace, classes: list[str]) -> str:
     top = [(classes[c] if c < len(classes) else str(c), trace.proba[c])
            for c in np.argsort(-trace.proba, kind="stable")[:3]]
-    verdict = "  ".join(f"{label} {p:.1%}" for label, p in top)
-    # layout: each band a caption line, then its pictures left to right, wrapping at the width
+    return "  ".join(f"{label} {p:.1%}" for label, p in top)
+
+
+def _compose(title: str, bands: list[tuple[str, list[Image.Image]]], footer: str) -> Image.Image:
+    """The sheet: a title, then each band a caption line and its pictures left to right, wrapping
+    at the width, then a footer line."""
+    font, small = _font(14), _font(11)
     placed, y = [], PAD + 24
     for caption, pics in bands:
         placed.append(("text", caption.translate(ASCII), (PAD, y)))
@@ -371,28 +583,97 @@ def sheet(trace: Trace, image: np.ndarray, classes: list[str], title: str = "") 
     height = y + 30
     out = Image.new("RGB", (SHEET_WIDTH, height), "white")
     d = ImageDraw.Draw(out)
-    d.text((PAD, PAD), (title or "nn explain").translate(ASCII), font=font, fill="black")
+    d.text((PAD, PAD), title.translate(ASCII), font=font, fill="black")
     for kind, what, pos in placed:
         if kind == "text":
             d.text(pos, what, font=small, fill=(60, 60, 60))
         else:
             out.paste(what, pos)
-    d.text((PAD, height - 22), f"reads {verdict}", font=font, fill="black")
+    d.text((PAD, height - 22), footer.translate(ASCII), font=font, fill="black")
     return out
 
 
+def _zoomed(index: np.ndarray, scale: int) -> Image.Image:
+    im = paletted(index).convert("RGB")
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+
+
+def _grad_pictures(grad: Gradients, i: int) -> list[Image.Image]:
+    """Layer i's dL/d(output) (maps per tile or bars) and its weights' gradients, for the sheet."""
+    layer, d = grad.trace.net.layers[i], grad.douts[i]
+    m = _absmax(d)
+    pics: list[Image.Image] = []
+    if d.ndim == 4:
+        scale = 3 if d.shape[3] == 1 else 2 if d.shape[1] <= 14 else 1
+        pics += [_zoomed(grad_atlas(t, m), scale) for t in d]
+    elif type(layer).__name__ != "Flatten":
+        rows = d.reshape(layer.parts, -1) if isinstance(layer, Untile) else d
+        pics += [_bars(r, min(SHEET_WIDTH // len(rows) - 2 * PAD, max(200, 2 * rows.shape[1])), 50) for r in rows]
+    for name, g in grad.grads[i].items():
+        gm = _absmax(g)
+        if isinstance(layer, Conv2d) and name == "W":
+            w = layer.params["W"]
+            pics += [_zoomed(kernel_atlas(w, _absmax(w)), 4), _zoomed(kernel_atlas(g, gm), 4)]
+        elif g.ndim == 2:
+            rows = np.sort(np.argsort(-np.abs(g).sum(axis=0), kind="stable")[:MATRIX_ROWS])
+            im = paletted(diverging_index(g[:, rows].T, gm)).convert("RGB")
+            pics.append(im.resize((min(im.width, SHEET_WIDTH - 2 * PAD), im.height * 4), Image.NEAREST))
+        else:
+            pics.append(_bars(g, min(SHEET_WIDTH - 2 * PAD, max(200, 2 * len(g))), 40))
+    return pics
+
+
+def backward_sheet(grad: Gradients, image: np.ndarray, classes: list[str], title: str = "") -> Image.Image:
+    """The backward view as one picture: a band per layer from the loss down (dL/d(output), then
+    its weights' gradients: a convolution's kernels and their gradient side by side), then the
+    input and dL/d(input). Red raises the loss, blue lowers it, white: no effect. image: (H, W) uint8."""
+    label = classes[grad.label] if grad.label < len(classes) else str(grad.label)
+    bands: list[tuple[str, list[Image.Image]]] = [(
+        f"the loss of the label {label}: L = -log p({label}) = {grad.loss:.4f}   "
+        f"(red: raising the value raises the loss, blue: lowers it; each row to its own ±max)", [])]
+    for i in range(len(grad.douts) - 1, -1, -1):
+        layer = grad.trace.net.layers[i]
+        d = grad.douts[i]
+        caption = f"{i}  {layer!r}  dL/d(output) {'×'.join(map(str, d.shape[1:]))}" + \
+            (f" per digit ×{len(d)}" if len(d) > 1 else "") + f"  max {_absmax(d):.3g}     " + \
+            BACKWARD_FORMULAS[type(layer).__name__]
+        if grad.grads[i]:
+            caption += "   [then: " + ", ".join(
+                f"d{k}" + (" beside W" if k == "W" and isinstance(layer, Conv2d) else
+                           f" of {min(MATRIX_ROWS, g.shape[1])} units" if g.ndim == 2 else "")
+                for k, g in grad.grads[i].items()) + "]"
+        bands.append((caption, _grad_pictures(grad, i)))
+    bands.append((f"input (as the network sees it)  ·  dL/d(input), max {_absmax(grad.dinput):.3g}",
+                  [_inked(image, 4), _zoomed(diverging_index(grad.dinput, _absmax(grad.dinput)), 4)]))
+    return _compose(title or "nn explain --backward", bands, f"reads {_verdict(grad.trace, classes)}")
+
+
 def explain_file(image: str | os.PathLike | BinaryIO, model: str | os.PathLike,
+                 gradients: bool = False, label: str | None = None,
                  name: str | None = None) -> tuple[Image.Image, str, float]:
     """`nn explain`: read `image` (a path, or a file object called `name`) as `nn predict`
-    does, run it through the model at `model`.
-    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not."""
+    does, run it through the model at `model`; with `gradients` (`nn explain --backward`), the
+    gradients of the loss of `label` (the top class if None) instead.
+    -> (the sheet, the top label, its probability). ModelFileError, ImageError or OSError if not;
+    LabelError if `label` is not one of the model's classes."""
     from nn.mnist.classify import load_classifier
     from nn.mnist.modelfile import normalize
     from nn.mnist.preprocess import preprocess
 
     classifier = load_classifier(model, engine="reference")
+    if label is not None and label not in classifier.classes:
+        raise LabelError(f"label must be one of the model's classes ({classifier.classes[0]} to "
+                         f"{classifier.classes[-1]}), not {label!r}")
     x = preprocess(image, classifier.width)  # (28, W) uint8
-    trace = explain(classifier.net, normalize(x[None], classifier.info.normalization))
-    label, p = classifier.classes[trace.top], float(trace.proba[trace.top])
-    title = f"nn explain {name or Path(image).name} with {Path(model).name}: reads {label} ({p:.1%})"
-    return sheet(trace, x, classifier.classes, title), label, p
+    h = normalize(x[None], classifier.info.normalization)
+    if gradients:
+        grad = backward(classifier.net, h, None if label is None else classifier.classes.index(label))
+        trace = grad.trace
+    else:
+        trace = explain(classifier.net, h)
+    top, p = classifier.classes[trace.top], float(trace.proba[trace.top])
+    title = f"nn explain {name or Path(image).name} with {Path(model).name}: reads {top} ({p:.1%})"
+    if gradients:
+        label = classifier.classes[grad.label]
+        return backward_sheet(grad, x, classifier.classes, f"{title}; the gradients of the loss of {label}"), top, p
+    return sheet(trace, x, classifier.classes, title), top, p

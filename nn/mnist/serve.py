@@ -8,7 +8,13 @@ file, serve.html, beside this module; nothing is fetched from elsewhere, so it w
     GET  /api/health      {"status": "ok", "models": {"mlp": {...}, "cnn": {...}}}
     POST /api/predict     an image -> nn predict's JSON object plus "model" and "diagnostics"
     POST /api/explain     the same, plus every layer's output and the saliency (nn.mnist.explain)
+    POST /api/backward    the same, plus every layer's gradient of the loss of ?label= (top class by default)
     GET  /api/kernel      ?model=cnn&layer=1&channel=0: one Conv2d kernel, numbers and picture
+    POST /api/teach       an image and ?label=71&steps=1&lr=0.1[&session=...]: gradient descent on it,
+                          on a private copy of the model (a session); before and after
+    POST /api/reset       ?session=...: forget a session's copy
+    GET  /api/train       ?since=N: the training view (nn.mnist.watch): its state and points from N on
+    POST /api/train/start, /api/train/stop: one seeded run at a time, in its own process
     GET  /docs/0N-....md  the guide's layer pages (text), which the layers view links to
 
 The image is the raw body (PNG, JPEG, ...: anything Pillow reads; ?model=mlp|cnn&top_k=5), or
@@ -29,7 +35,9 @@ import binascii
 import io
 import ipaddress
 import json
+import math
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -50,7 +58,10 @@ from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
 from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
 from nn.mnist.preprocess import BlankImageError, ImageError, ImageTooLargeError, preprocess_explained
+from nn.mnist.watch import Watch, WatchError
+from nn.layers import Conv2d
 from nn.model import Sequential
+from nn.optim import SGD
 
 MAX_BODY = 10 * 1024 * 1024  # bytes: a drawing is ~10 kB, a phone photo a few MB
 DEFAULT_TOP_K = 5
@@ -63,6 +74,10 @@ PAGE = "serve.html"
 LISTEN_QUEUE = 128  # connections the kernel holds before accept(): a burst of clients, not resets
 DOCS = Path(__file__).resolve().parents[2] / "docs"  # the guide, in a source checkout
 DOC_PAGES = sorted({page for _, page in explaining.LAYER_DOCS.values()})
+MAX_SESSIONS = 16  # private copies of a model that "teach it" changes (the CNN's: ~1.7 MB each)
+SESSION_TTL = 600  # seconds a session lives after its last use
+MAX_TEACH_STEPS = 20  # gradient-descent steps per teach request
+MAX_LR = 1.0
 
 
 class RequestError(Exception):
@@ -167,31 +182,43 @@ def _option(query: dict, fields: dict, name: str, default):
     return default
 
 
-def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: bool = False) -> dict:
+def class_index(classifier: Classifier, label) -> int | None:
+    """The index of class `label` ("7", "71") of a model; None for None (the top class)."""
+    if label is None:
+        return None
+    if not isinstance(label, str) or label not in classifier.classes:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"label must be one of the model's classes "
+                           f"({classifier.classes[0]} to {classifier.classes[-1]}), not {label!r}")
+    return classifier.classes.index(label)
+
+
+def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: bool = False,
+            backward: bool = False, label=None) -> dict:
     """One image through the same path as `nn predict`. -> the response object; with `explain`,
-    from the layers view's pass, plus "layers", "saliency" and "saliency_max"."""
+    from the layers view's pass, plus "layers", "saliency" and "saliency_max"; with `backward`,
+    plus "backward": each layer's gradient of the loss of `label` (the top class if None)."""
     if not isinstance(model, str) or model not in models:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
     top_k = integer(top_k, "top_k", 1, MAX_TOP_K)
     m = models[model]
+    c = class_index(m.classifier, label)
     warnings: list[str] = []  # degenerate images (preprocess), then the split's doubts
-    try:
-        x, diag = preprocess_explained(io.BytesIO(image), m.classifier.width, notes=warnings)
-    except ImageTooLargeError as e:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
-    except BlankImageError as e:
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
-    except ImageError as e:
-        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+    x, diag = read_image(m, image, warnings)
     view = {}
     with m.lock:
-        if explain:
-            trace = explaining.explain(m.reference, modelfile.normalize(x[None], m.classifier.info.normalization))
-            order = np.argsort(-trace.proba, kind="stable")[:min(top_k, len(m.classifier.classes))]
-            top = [(m.classifier.classes[i], float(trace.proba[i])) for i in order]
+        if backward or explain:
+            h = modelfile.normalize(x[None], m.classifier.info.normalization)
+            if backward:
+                grad = explaining.backward(m.reference, h, c)
+                trace = grad.trace
+            else:
+                trace = explaining.explain(m.reference, h)
+            top = _ranked(trace.proba, m.classifier.classes, top_k)
         else:
             top = rank(m.classifier, x[None], top_k)[0]
-    if explain:
+    if backward:
+        view = explaining.backward_json(grad, m.classifier.classes)
+    elif explain:
         view = explaining.view_json(trace, m.classifier.classes)
     if diag.touches_edge:
         warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
@@ -210,6 +237,158 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         },
         **view,
     }
+
+
+def _ranked(proba: np.ndarray, classes: list[str], top_k: int) -> list[tuple[str, float]]:
+    """The top_k (label, probability) pairs of a (K,) probability vector, best first."""
+    order = np.argsort(-proba, kind="stable")[:min(top_k, len(classes))]
+    return [(classes[i], float(proba[i])) for i in order]
+
+
+def read_image(m: Model, image: bytes, warnings: list[str]):
+    """The image as `m` reads it: (x (28, W) uint8, diagnostics); RequestError if it cannot be read."""
+    try:
+        return preprocess_explained(io.BytesIO(image), m.classifier.width, notes=warnings)
+    except ImageTooLargeError as e:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
+    except BlankImageError as e:
+        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+    except ImageError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+
+
+@dataclass
+class Session:
+    """One page's private copy of a served model, which "teach it" changes."""
+
+    model: str
+    net: Sequential
+    lock: threading.Lock
+    used: float  # the clock's time of its last use
+    steps: int = 0
+
+
+class Sessions:
+    """The sessions of one server: at most `limit` (the least recently used goes when a new one
+    needs its place), each forgotten `ttl` seconds after its last use. Thread-safe."""
+
+    def __init__(self, limit: int = MAX_SESSIONS, ttl: float = SESSION_TTL, clock=time.monotonic):
+        self.limit, self.ttl, self.clock = limit, ttl, clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._sessions)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for sid in [sid for sid, s in self._sessions.items() if now - s.used > self.ttl]:
+            del self._sessions[sid]
+
+    def new(self, model: str, m: Model) -> tuple[str, Session]:
+        """A new session with a copy of m's weights (m's arrays are never written)."""
+        net = explaining.reference_copy(m.reference)
+        with self._lock:
+            self._expire()
+            while len(self._sessions) >= self.limit:
+                del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].used)]
+            sid = secrets.token_urlsafe(12)
+            self._sessions[sid] = session = Session(model, net, threading.Lock(), self.clock())
+        return sid, session
+
+    def get(self, sid, model: str | None = None) -> Session:
+        """The live session `sid`; RequestError 410 if it is unknown or expired, 400 if it is
+        another model's."""
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(sid) if isinstance(sid, str) else None
+            if session is None:
+                raise RequestError(HTTPStatus.GONE, f"session {str(sid)[:40]!r} is unknown or expired (sessions "
+                                   f"last {self.ttl:g} s after their last use): teach again to start a new one")
+            if model is not None and session.model != model:
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"session {sid!r} is a copy of the {session.model} model, "
+                                   f"not {model!r}")
+            session.used = self.clock()
+            return session
+
+    def drop(self, sid) -> None:
+        self.get(sid)
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+
+def _bounded_float(name: str, value, hi: float) -> float:
+    """A request's positive number option (a number, or a decimal string), over 0 and at most hi."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{0,9}\.?[0-9]{1,9}([eE][-+]?[0-9]{1,3})?", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= hi:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a number over 0 and at most {hi:g}, not {value!r}")
+    return float(value)
+
+
+def _summary(grad: explaining.Gradients, classes: list[str], top_k: int = DEFAULT_TOP_K) -> dict:
+    """A model's answer on the taught image: its prediction and the taught label's loss."""
+    return {**prediction_json(_ranked(grad.trace.proba, classes, top_k)),
+            "loss": round(grad.loss, 6), "label_probability": round(float(grad.trace.proba[grad.label]), 6)}
+
+
+def _kernel_picture(w: np.ndarray, scale: float) -> str:
+    return explaining.data_url(explaining.paletted(explaining.kernel_atlas(w, scale)))
+
+
+def _kernels_changed(net: Sequential, before: dict[int, np.ndarray]) -> list[dict]:
+    """Each Conv2d's kernels before and after, on one scale, and their change on its own."""
+    views = []
+    for i, w0 in before.items():
+        w1 = net.layers[i].params["W"]
+        delta = w1 - w0
+        m, dm = max(float(np.abs(w0).max()), float(np.abs(w1).max())), float(np.abs(delta).max())
+        change = np.sqrt((delta ** 2).sum(axis=(0, 1, 2)))  # (C_out,) how far each kernel moved
+        views.append({"layer": i, "shape": list(w0.shape), "max": m, "change_max": dm,
+                      "before": _kernel_picture(w0, m), "after": _kernel_picture(w1, m),
+                      "change": _kernel_picture(delta, dm),
+                      "changed": [int(c) for c in np.argsort(-change, kind="stable")[:4]],
+                      "relative_change": round(float(np.sqrt((delta ** 2).sum() / (w0 ** 2).sum())), 8)})
+    return views
+
+
+def teach(models: dict[str, Model], sessions: Sessions, image: bytes, model, label, steps, lr, session) -> dict:
+    """POST /api/teach: `steps` steps of gradient descent (SGD, learning rate `lr`) on the image
+    with `label`, on the session's private copy of the model (a new session if `session` is
+    None). The served model is only read. -> the prediction and loss before and after, the loss
+    after each step, and each convolution's kernels before and after."""
+    if not isinstance(model, str) or model not in models:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
+    m = models[model]
+    if label is None:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "label is required: the label to teach (\"7\", \"71\")")
+    c = class_index(m.classifier, label)
+    steps = integer(steps, "steps", 1, MAX_TEACH_STEPS)
+    lr = _bounded_float("lr", lr, MAX_LR)
+    live = sessions.get(session, model) if session is not None else None  # a stale one fails before the work
+    x, diag = read_image(m, image, [])
+    sid, live = (session, live) if live is not None else sessions.new(model, m)
+    h = modelfile.normalize(x[None], m.classifier.info.normalization)
+    classes = m.classifier.classes
+    with live.lock:
+        grad = explaining.backward(live.net, h, c)
+        before = _summary(grad, classes)
+        kernels = {i: layer.params["W"].copy() for i, layer in enumerate(live.net.layers)
+                   if isinstance(layer, Conv2d)}
+        optimizer, losses = SGD(lr), [before["loss"]]
+        for _ in range(steps):
+            optimizer.step(live.net.params, live.net.grads)  # the gradient of the last backward
+            grad = explaining.backward(live.net, h, c)
+            losses.append(round(grad.loss, 6))
+        live.steps += steps
+        return {"model": model, "session": sid, "label": classes[c], "steps": steps, "lr": lr,
+                "taught": live.steps, "expires_in": sessions.ttl, "before": before,
+                "after": _summary(grad, classes), "losses": losses,
+                "kernels": _kernels_changed(live.net, kernels),
+                "diagnostics": {"input": explaining.data_url(Image.fromarray(x)), "input_shape": list(x.shape)}}
 
 
 def kernel(models: dict[str, Model], query: dict) -> dict:
@@ -300,6 +479,9 @@ class Handler(BaseHTTPRequestHandler):
         routes = {"/": ("GET", self._page), "/index.html": ("GET", self._page),
                   "/api/health": ("GET", self._health), "/api/predict": ("POST", self._predict),
                   "/api/explain": ("POST", self._explain), "/api/kernel": ("GET", self._kernel),
+                  "/api/backward": ("POST", self._backward), "/api/teach": ("POST", self._teach),
+                  "/api/reset": ("POST", self._reset), "/api/train": ("GET", self._train),
+                  "/api/train/start": ("POST", self._train_start), "/api/train/stop": ("POST", self._train_stop),
                   **{f"/docs/{page}": ("GET", self._doc) for page in DOC_PAGES}}
         try:
             if url.path not in routes:
@@ -345,18 +527,69 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(health(self.server.models))
 
-    def _predict(self, query, explain: bool = False) -> tuple[HTTPStatus, str, bytes]:
+    def _same_origin(self) -> None:
         origin = self.headers.get("Origin")
         if origin and urlsplit(origin).netloc != self.headers.get("Host"):
             self.close_connection = True  # the body is not read
             raise RequestError(HTTPStatus.FORBIDDEN, f"cross-origin request from {origin} refused")
+
+    def _predict(self, query, explain: bool = False, backward: bool = False) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
         image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
         model = _option(query, fields, "model", "cnn")
         top_k = _option(query, fields, "top_k", DEFAULT_TOP_K)
-        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k, explain))
+        label = _option(query, fields, "label", None) if backward else None
+        return HTTPStatus.OK, "application/json", _json(predict(self.server.models, image, model, top_k, explain,
+                                                                backward, label))
 
     def _explain(self, query) -> tuple[HTTPStatus, str, bytes]:
         return self._predict(query, explain=True)
+
+    def _backward(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return self._predict(query, backward=True)
+
+    def _teach(self, query) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        image, fields = decode_image(self._body(), self.headers.get("Content-Type", ""))
+        options = {name: _option(query, fields, name, default) for name, default in
+                   (("model", "cnn"), ("label", None), ("steps", 1), ("lr", 0.1), ("session", None))}
+        return HTTPStatus.OK, "application/json", _json(teach(self.server.models, self.server.sessions, image,
+                                                              **options))
+
+    def _watch(self) -> Watch:
+        if self.server.watch is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, "the training view is off: start nn serve with --watch-data "
+                               "FOLDER (train.npz, dev.npz, test.npz)")
+        return self.server.watch
+
+    def _train(self, query) -> tuple[HTTPStatus, str, bytes]:
+        since = integer(_option(query, {}, "since", 0), "since", 0, 10 ** 9)
+        return HTTPStatus.OK, "application/json", _json(self._watch().view(since))
+
+    def _train_start(self, query, stop: bool = False) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        if self.headers.get("Content-Length") is not None:
+            self._body()  # read (within the limits) and ignored
+        watch = self._watch()
+        try:
+            if stop:
+                watch.stop()
+            else:
+                watch.start()
+        except WatchError as e:
+            raise RequestError(HTTPStatus.CONFLICT, str(e)) from None
+        return HTTPStatus.OK, "application/json", _json(watch.view(watch.view()["next"]))
+
+    def _train_stop(self, query) -> tuple[HTTPStatus, str, bytes]:
+        return self._train_start(query, stop=True)
+
+    def _reset(self, query) -> tuple[HTTPStatus, str, bytes]:
+        self._same_origin()
+        if self.headers.get("Content-Length") is not None:
+            self._body()  # read (within the limits) and ignored: the session is in the query
+        sid = _option(query, {}, "session", None)
+        self.server.sessions.drop(sid)
+        return HTTPStatus.OK, "application/json", _json({"session": sid, "reset": True})
 
     def _kernel(self, query) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, "application/json", _json(kernel(self.server.models, query))
@@ -432,9 +665,12 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl-C does not wait for open keep-alive connections
     request_queue_size = LISTEN_QUEUE
 
-    def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False):
+    def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False,
+                 watch: Watch | None = None):
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.models = models
+        self.watch = watch  # the training view, or None (off)
+        self.sessions = Sessions()  # "teach it": private copies of the models, per page
         self.page = resources.files(__package__).joinpath(PAGE).read_bytes()
         self.quiet = quiet
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -471,6 +707,12 @@ class Server(ThreadingHTTPServer):
         except OSError:
             pass  # gone already
         self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Close the socket and stop the training view's run with the server."""
+        super().server_close()
+        if self.watch is not None:
+            self.watch.close()
 
     def handle_error(self, request, client_address) -> None:
         """A client's reset or timeout outside a request's handling: one line; a bug: the traceback."""
