@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,7 @@ import typer
 
 from nn.backend import DeviceError, get_device
 from nn.files import check_writable, write_together
+from nn.mnist.live import live_log, log_epoch
 from nn.mnist.modelfile import save
 from nn.mnist.params import load_params
 from nn.mnist.training import TrainParams, load_split, subset, train_model
@@ -45,6 +48,8 @@ def main(
     history: Annotated[Path, typer.Option(help="Where to write the per-epoch history (.csv).")],
     metrics: Annotated[Path, typer.Option(help="Where to write the dev metrics (.json).")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
+    live: Annotated[Path | None, typer.Option(
+        help="DVCLive's folder: each epoch logged as it ends (dvc exp show's step).")] = None,
 ) -> None:
     stage = f"train@{model}"
     with fatal_errors(stage, DivergedError, UselessModelError, DeviceError, OSError, ValueError,
@@ -58,8 +63,10 @@ def main(
             raise ValueError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
                              f"{x_train.shape[1:]}")
         start = time.perf_counter()
-        trained = train_model(p, x_train, y_train, x_dev, y_dev, name=model, device=device,
-                              source=data / "train.npz", label=stage)
+        with live_log(live) if live else contextlib.nullcontext() as log:
+            trained = train_model(p, x_train, y_train, x_dev, y_dev, name=model, device=device,
+                                  source=data / "train.npz", label=stage,
+                                  on_epoch=partial(log_epoch, log) if log else None)
         scores = dev_metrics(trained.history)
         with write_together() as outputs:  # the model, its history and its dev metrics, or none
             with outputs.open(out) as f:

@@ -1,0 +1,84 @@
+"""DVC experiments on tiny params in a temporary copy of the repo: every epoch in `dvc exp show`
+while `dvc exp run` trains (DVCLive), and nothing tracked gains a wall-clock time."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dvcrepo import TINY_MODELS, copy_repo, dvc, env_with_venv, fake_download, git_commit, set_params
+
+pytestmark = pytest.mark.slow
+
+LIVE = Path("dvclive/mlp")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("repo"), extra=(".gitignore",))
+    set_params(repo, **fake_download(tmp_path_factory, n_train=300, n_test=120), **TINY_MODELS,
+               **{"prepare.dev_size": 50})
+    dvc(repo, "repro", "train@mlp")
+    git_commit(repo)
+    return repo
+
+
+def exp_show(repo: Path) -> list[dict]:
+    return json.loads(dvc(repo, "exp", "show", "--json"))
+
+
+def live_step(repo: Path) -> int | None:
+    try:
+        return json.loads((repo / LIVE / "metrics.json").read_text()).get("step")
+    except (OSError, ValueError):  # not there yet, or being rewritten
+        return None
+
+
+def test_dvc_exp_show_has_each_epoch_while_dvc_exp_run_trains(repo):
+    epochs = 40
+    run = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", "-S", f"mlp.epochs={epochs}"],
+                           cwd=repo, env=env_with_venv(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (live_step(repo) or 0) < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(run.pid, signal.SIGSTOP)  # held mid-run while dvc exp show looks
+        try:
+            step = live_step(repo)
+            running = [e for b in exp_show(repo) for e in b.get("experiments") or []
+                       if (e.get("executor") or {}).get("state") == "running"]
+        finally:
+            os.killpg(run.pid, signal.SIGCONT)
+        out, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, out
+    assert step is not None and 2 <= step < epochs, (step, out)
+    assert len(running) == 1, running
+    shown = running[0]["revs"][0]["data"]["metrics"][LIVE.joinpath("metrics.json").as_posix()]
+    assert shown["data"]["step"] == step
+    assert set(shown["data"]) == {"step", "loss", "train_acc", "dev_acc", "lr"}
+
+    # Done: DVCLive's record is history.csv's, epoch for epoch, and no file has a time column.
+    history = pd.read_csv(repo / "reports" / "mlp" / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    for name in ("loss", "train_acc", "dev_acc", "lr"):
+        tsv = pd.read_csv(repo / LIVE / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+        assert list(tsv.columns) == ["step", name]
+        assert tsv["step"].tolist() == history["epoch"].tolist()
+        assert tsv[name].to_numpy() == pytest.approx(history[name].to_numpy(), rel=1e-5)
+    assert json.loads((repo / LIVE / "metrics.json").read_text())["step"] == epochs
+
+    # DVCLive's folder is neither in git nor in dvc.lock: git status is clean after the run.
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout
+    assert "dvclive" not in status, status
+    assert "dvclive" not in (repo / "dvc.lock").read_text().replace("--live dvclive/", "")
