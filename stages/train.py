@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from nn.backend import DeviceError, get_device
-from nn.files import check_writable, write_together
+from nn.files import DataFileError, check_writable, write_together
 from nn.mnist.live import live_log, log_epoch
 from nn.mnist.modelfile import save
 from nn.mnist.params import load_params
@@ -52,7 +52,7 @@ def main(
         help="DVCLive's folder: each epoch logged as it ends (dvc exp show's step).")] = None,
 ) -> None:
     stage = f"train@{model}"
-    with fatal_errors(stage, DivergedError, UselessModelError, DeviceError, OSError, ValueError,
+    with fatal_errors(stage, DivergedError, UselessModelError, DeviceError, DataFileError, OSError,
                       outputs=(out, history, metrics)):
         check_writable(out, history, metrics)  # before the training, not after it
         p = load_params(TrainParams, model, params)
@@ -60,7 +60,7 @@ def main(
         x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
         if x_dev.shape[1:] != x_train.shape[1:]:
-            raise ValueError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
+            raise DataFileError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
                              f"{x_train.shape[1:]}")
         start = time.perf_counter()
         with live_log(live) if live else contextlib.nullcontext() as log:

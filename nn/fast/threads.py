@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import ThreadpoolController
 
+from nn.backend import DeviceError
+
 # Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
 # pooling): those passes are memory-bound and ran 2.6x faster on two threads for BatchNorm1d
 # forward + backward on (1024, 512), where on (128, 512), the MLP's, the hand-over to the threads
@@ -46,6 +48,10 @@ class _Workers:
         return self.pool
 
 
+class ThreadsError(DeviceError, ValueError):
+    """NN_THREADS is not a whole number >= 1: a setting of the machine, like a device."""
+
+
 def thread_count() -> int:
     """Threads the engine may use: the cores this process may run on, capped by NN_THREADS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -53,7 +59,7 @@ def thread_count() -> int:
     if not cap:
         return cores
     if not cap.isdigit() or int(cap) < 1:
-        raise ValueError(f"NN_THREADS={cap!r}: expected a whole number of threads >= 1")
+        raise ThreadsError(f"NN_THREADS={cap!r}: expected a whole number of threads >= 1")
     return min(cores, int(cap))
 
 
