@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from nn.backend import DeviceError, get_device
+from nn.fast.threads import apply_thread_budget
 from nn.files import DataFileError, check_writable, write_together
 from nn.mnist.live import live_log, log_epoch
 from nn.mnist.modelfile import save
@@ -57,6 +58,7 @@ def main(
         check_writable(out, history, metrics)  # before the training, not after it
         p = load_params(TrainParams, model, params)
         device = get_device(p.device)  # before any work: no CuPy or no GPU stops the stage here
+        threads = apply_thread_budget()  # NN_THREADS: this job's share of the cores
         x_train, y_train = subset(*load_split(data, "train"), p.train_size, p.seed)
         x_dev, y_dev = load_split(data, "dev")
         if x_dev.shape[1:] != x_train.shape[1:]:
@@ -78,7 +80,7 @@ def main(
             outputs.write_bytes(metrics, (json.dumps(scores, indent=2) + "\n").encode())
         print(f"{stage}: best dev accuracy {scores['dev_acc']:.4f} (epoch {scores['best_epoch']}) "
               f"-> {out}, {history}, {metrics}")
-        print(f"{stage}: trained on the {p.engine} engine ({p.device}) in "
+        print(f"{stage}: trained on the {p.engine} engine ({p.device}, {threads} thread(s)) in "
               f"{time.perf_counter() - start:.1f} s")
 
 

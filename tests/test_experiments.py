@@ -82,3 +82,37 @@ def test_dvc_exp_show_has_each_epoch_while_dvc_exp_run_trains(repo):
                             text=True, check=True).stdout
     assert "dvclive" not in status, status
     assert "dvclive" not in (repo / "dvc.lock").read_text().replace("--live dvclive/", "")
+
+
+def test_two_queued_experiments_run_at_j2_on_one_thread_each(repo):
+    """`dvc exp run --queue` twice, then `NN_THREADS=1 dvc queue start -j 2` (docs/team.md):
+    both experiments land in `dvc exp show`, and each job's stages ran on one thread."""
+    names = ("q-seed-1", "q-seed-2")
+    for i, name in enumerate(names, 1):
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", "mlp.epochs=2", "-S", f"mlp.seed={i}")
+    env = env_with_venv(NN_THREADS="1")
+    # the workers it starts outlive it and keep its stdout: not a pipe, or run() waits for them
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=repo, env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            status = dvc(repo, "queue", "status")
+            if not any(word in status for word in ("Queued", "Running")):
+                break
+            time.sleep(2)
+        assert status.count("Success") == 2, status
+    finally:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "stop"], cwd=repo, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    shown = {}
+    for baseline in exp_show(repo):
+        for e in baseline.get("experiments") or []:
+            rev = e["revs"][0]
+            shown[rev["name"]] = rev["data"]
+    for i, name in enumerate(names, 1):
+        params = shown[name]["params"]["params.yaml"]["data"]["mlp"]
+        assert (params["epochs"], params["seed"]) == (2, i)
+        assert shown[name]["metrics"]["reports/mlp/train.json"]["data"]["epochs_run"] == 2
+        log = dvc(repo, "queue", "logs", name)
+        assert "train@mlp: trained on the fast engine (cpu, 1 thread(s))" in log, log

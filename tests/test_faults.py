@@ -743,3 +743,14 @@ def test_report_reads_its_inputs_strictly(trained, tmp_path):
     assert one_line_error(run_report("--cnn", "mnist")) == \
         "report: error: params.yaml: cnn.epochs: missing"
     assert not (root / "reports" / "README.md").exists()
+
+
+def test_a_bad_thread_budget_is_one_line(trained, monkeypatch):
+    """NN_THREADS (one job's share of the cores, docs/team.md) is a setting: one line."""
+    monkeypatch.setenv("NN_THREADS", "two")
+    before = snapshot(trained)
+    assert one_line_error(run_train(trained)) == \
+        "train@mlp: error: NN_THREADS='two': expected a whole number of threads >= 1"
+    assert one_line_error(run_evaluate(trained)) == "evaluate models/mlp.npz: error: " \
+        "NN_THREADS='two': expected a whole number of threads >= 1"
+    assert snapshot(trained) == before

@@ -1,7 +1,8 @@
 """Threads for the engine: one worker per core, and BLAS held at one thread while they run.
 
-NN_THREADS=n caps the pool at n threads (`nn tune` gives each of its parallel trials
-cores / workers, with OPENBLAS_NUM_THREADS set alike, so that trials do not oversubscribe).
+NN_THREADS=n caps the pool at n threads, and `apply_thread_budget` BLAS's threads alike (`nn
+tune` gives each of its parallel trials cores / workers; `NN_THREADS=1 dvc queue start -j 2`
+gives each queued experiment one core), so that parallel jobs do not oversubscribe.
 
 numpy releases the GIL inside its loops and BLAS calls, so plain Python threads run im2col
 copies, matrix products and elementwise passes on all cores at once. Every split below depends
@@ -64,6 +65,18 @@ def thread_count() -> int:
 
 
 _WORKERS = _Workers()
+
+
+def apply_thread_budget() -> int:
+    """Hold this process to NN_THREADS threads, BLAS's and OpenMP's as well as the engine's
+    pool, where it is set: one job's share of the cores when several run at once
+    (`NN_THREADS=1 dvc queue start -j 2`, docs/team.md). Returns the threads the engine uses."""
+    from threadpoolctl import threadpool_limits
+
+    n = thread_count()
+    if os.environ.get("NN_THREADS", "").strip():
+        threadpool_limits(n)  # kept for the process: the job's budget
+    return n
 
 
 def parallel(part, n: int, min_per_worker: int, scratch) -> list:
