@@ -232,3 +232,20 @@ def test_the_readme_is_short_and_links_every_task_page():
     assert len(readme.splitlines()) <= 200
     for page in ("results", "params", "library", "predict", "serve", "tuning", "speed", "gpu"):
         assert f"(docs/{page}.md)" in readme, f"README.md does not link docs/{page}.md"
+
+
+def test_the_map_names_every_module_with_its_job():
+    """docs/library.md's layout has a line per module of nn/ and stages/: its path under its
+    package's line, then what it does."""
+    text = (ROOT / "docs" / "library.md").read_text()
+    layout = text[text.index("## Layout"):]
+    listed, package = {}, None
+    for line in layout.splitlines():
+        if m := re.match(r"(nn/mnist/|nn/|stages/)\s", line):
+            package = m[1]
+        elif package and (m := re.match(r"  (\S+\.py)\s+(\S.*)", line)):
+            listed[package + m[1]] = m[2]
+    modules = {p.relative_to(ROOT).as_posix() for d in ("nn", "stages")
+               for p in (ROOT / d).rglob("*.py") if p.name != "__init__.py"}
+    assert sorted(modules - set(listed)) == [], "modules docs/library.md does not name"
+    assert sorted(set(listed) - modules) == [], "docs/library.md names modules that are gone"

@@ -18,9 +18,8 @@ from threadpoolctl import ThreadpoolController
 from nn.backend import DeviceError
 
 # Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
-# pooling): those passes are memory-bound and ran 2.6x faster on two threads for BatchNorm1d
-# forward + backward on (1024, 512), where on (128, 512), the MLP's, the hand-over to the threads
-# made them 4x slower (1.13 against 0.28 ms) and on (512, 512) 1.4x.
+# pooling): those passes are memory-bound and gain from two threads on large arrays, where on
+# small ones (the MLP's) the hand-over to the threads costs more (measured: docs/speed.md).
 PARALLEL_MIN_SIZE = 1 << 19
 
 
@@ -84,9 +83,9 @@ def parallel(part, n: int, min_per_worker: int, scratch) -> list:
     each thread gets at least min_per_worker images; results in order. Each thread gets its own
     `scratch.sub(i)`.
 
-    Every convolution runs so, with BLAS switched to one thread meanwhile: measured 1.5x faster
-    than one thread driving 2-thread BLAS for the 32 -> 64 convolution, and 1.8x for the 1 -> 32
-    one once its chunks are long enough (`kernels.NARROW_CHUNK_FACTOR`).
+    Every convolution runs so, with BLAS switched to one thread meanwhile: faster than one
+    thread driving multi-threaded BLAS (docs/speed.md; `kernels.NARROW_CHUNK_FACTOR` for the
+    narrow ones).
     """
     pool = _WORKERS.get()
     workers = _WORKERS.size if pool is not None else 1
@@ -120,7 +119,7 @@ def uses_threads() -> bool:
 def single_threaded_blas():
     """Hold BLAS at one thread. FastSequential wraps whole passes of a model with threaded
     convolutions in this: OpenBLAS's idle threads spin for a while after each multi-threaded
-    call, and spinning next to our threads made the CNN step 1.5x slower.
+    call, and spinning next to our threads slowed the CNN step (docs/speed.md).
 
     The library's own set/get calls (through threadpoolctl's controllers) cost about 2 us,
     where `threadpool_limits` rescans the loaded libraries (25 us): this runs per layer call.
