@@ -67,3 +67,21 @@ def float64_layer(name: str, seed: int = 0):
     extra = {k: v for k, v in (("rng", np.random.default_rng(seed)), ("dtype", np.float64))
              if k in takes}
     return cls(**LAYER_TABLE[name].args, **extra)
+
+
+# Convolutions of every shape the reference and the fast engine must agree on (test_layers,
+# test_fast): padding kinds, strides, even and rectangular kernels.
+CONV_CASES = [  # (C_in, C_out, kernel, stride, padding, H, W)
+    (2, 3, 3, 1, 0, 6, 7),
+    (2, 3, 3, 1, 1, 5, 8),
+    (3, 2, 3, 1, "same", 7, 5),
+    (1, 4, 5, 1, "same", 6, 9),
+    (2, 2, 5, 1, 2, 5, 5),
+    (2, 3, 4, 1, "same", 6, 7),  # even kernel: asymmetric padding
+    (2, 3, 3, 2, 1, 7, 9),
+    (3, 2, 5, 2, 0, 9, 8),
+    (2, 2, 3, 1, 4, 3, 4),  # padding >= kernel: general dx path
+    (2, 3, (3, 1), (1, 2), (1, 0), 6, 7),
+    (6, 4, 3, 1, 1, 5, 6),  # kw * C_in >= 16: im2col stored row-major rather than transposed
+    (6, 3, 3, 2, 1, 7, 6),
+]

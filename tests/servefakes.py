@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
+import json
 import threading
 from pathlib import Path
 
@@ -128,3 +130,23 @@ def running_server(paths: dict[str, Path], engine: str = "fast", quiet: bool = T
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# --- talking to it ------------------------------------------------------------------------
+
+def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """-> (status, parsed JSON or raw bytes, response headers); a new connection per call."""
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        parsed = json.loads(data) if r.getheader("Content-Type") == "application/json" else data
+        return r.status, parsed, dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def post(server, body: bytes, model: str = "cnn", content_type: str = "image/png", **query):
+    query = "&".join(f"{k}={v}" for k, v in {"model": model, **query}.items())
+    return request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})

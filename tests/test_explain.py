@@ -19,8 +19,7 @@ from nn.mnist import explain as ex
 from nn.mnist import modelfile
 from nn.mnist.cli import app
 from nn.model import Sequential
-from servefakes import drawing, running_server
-from test_serve import post, request
+from servefakes import drawing, post, request, running_server
 
 
 def randomize_statistics(model: Sequential, rng: np.random.Generator) -> Sequential:

@@ -3,7 +3,7 @@ outputs and every gradient, on inputs with ties, with and without threads and ch
 
 import numpy as np
 import pytest
-from test_layers import CONV_CASES
+from layertable import CONV_CASES
 
 from nn import layers as ref
 from nn import optim

@@ -28,7 +28,7 @@ from conftest import png_header
 from nn.mnist import serve as web
 from nn.mnist.cli import app
 from nn.mnist.preprocess import preprocess, preprocess_explained
-from servefakes import drawing, rendered, running_server
+from servefakes import drawing, post, rendered, request, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,24 +42,6 @@ def model_paths(tmp_path_factory) -> dict[str, Path]:
 def server(model_paths):
     with running_server(model_paths) as s:
         yield s
-
-
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """-> (status, parsed JSON or raw bytes, response headers); a new connection per call."""
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        parsed = json.loads(data) if r.getheader("Content-Type") == "application/json" else data
-        return r.status, parsed, dict(r.getheaders())
-    finally:
-        conn.close()
-
-
-def post(server, body: bytes, model: str = "cnn", content_type: str = "image/png", **query):
-    query = "&".join(f"{k}={v}" for k, v in {"model": model, **query}.items())
-    return request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})
 
 
 def raw(server, data: bytes) -> bytes:

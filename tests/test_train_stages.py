@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_CNN, TINY_MLP
+from conftest import INF, NAN, TINY_CNN, TINY_MLP, model_params, run_train
 from nn.files import save_npz
 from nn.mnist.modelfile import load
 from nn.mnist.params import validate
@@ -17,46 +17,6 @@ from nn.mnist.training import TrainParams, load_split, subset, train_model
 from stages import evaluate, report, train
 
 CNN, MLP = TINY_CNN, TINY_MLP
-
-
-def model_params(arch, **changes):
-    p = {"seed": 0, "epochs": 2, "batch_size": 32,
-         "optimizer": {"name": "adam", "lr": 0.01},
-         "schedule": {"name": "cosine", "args": {"warmup_epochs": 0.5}},
-         "max_shift": 1, "layers": arch}
-    p.update(changes)
-    return p
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Tiny MNIST (digits drawn as bars, learnable) and MNIST-100 (random) folders."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for name, n, width, k in (("mnist", 200, 28, 10), ("mnist100", 300, 56, 100)):
-        for split in ("train", "dev", "test"):
-            labels = (np.arange(n) % k).astype(np.uint8)
-            images = rng.integers(0, 40, size=(n, 28, width), dtype=np.uint8)
-            if k == 10:  # a bright row at the label's position: an easy, learnable digit
-                images[np.arange(n), 2 + 2 * labels, :] = 255
-            save_npz(root / name / f"{split}.npz", images=images, labels=labels)
-    return root
-
-
-NAN, INF = "<nan>", "<inf>"  # written into params.yaml as YAML's .nan and .inf
-
-
-def run_train(tmp_path, data, name, params, dataset):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "params.yaml"
-    text = json.dumps({name: params})  # JSON is YAML; .nan and .inf are YAML's, not JSON's
-    path.write_text(text.replace(f'"{NAN}"', ".nan").replace(f'"{INF}"', ".inf"))
-    out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
-    result = CliRunner().invoke(train.app, [
-        "--model", name, "--data", str(data / dataset), "--out", str(out),
-        "--history", str(history), "--metrics", str(tmp_path / "reports" / name / "train.json"),
-        "--params", str(path)])
-    return result, out, history
 
 
 @pytest.mark.parametrize("change, message", [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_pipeline import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
+from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 from nn.mnist.tune import open_storage
 from test_tune import SLOW_BUDGET, mid_trial, write_tune_folder
 
