@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,8 @@ def main(
     metrics: Annotated[Path, typer.Option(help="Where to write the dev metrics (.json).")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
     live: Annotated[Path | None, typer.Option(
-        help="DVCLive's folder: each epoch logged as it ends (dvc exp show's step).")] = None,
+        help="DVCLive's folder: each epoch logged as it ends (dvc exp show's step); removed "
+             "if the stage fails.")] = None,
 ) -> None:
     stage = f"train@{model}"
     with fatal_errors(stage, DivergedError, UselessModelError, DeviceError, DataFileError, OSError,
@@ -65,19 +67,24 @@ def main(
             raise DataFileError(f"{data}: dev images are {x_dev.shape[1:]}, train images "
                              f"{x_train.shape[1:]}")
         start = time.perf_counter()
-        with live_log(live) if live else contextlib.nullcontext() as log:
-            trained = train_model(p, x_train, y_train, x_dev, y_dev, name=model, device=device,
-                                  source=data / "train.npz", label=stage,
-                                  on_epoch=partial(log_epoch, log) if log else None)
-        scores = dev_metrics(trained.history)
-        with write_together() as outputs:  # the model, its history and its dev metrics, or none
-            with outputs.open(out) as f:
-                save(f, trained.net, normalization=trained.normalization,
-                     input_shape=trained.input_shape, classes=trained.classes,
-                     meta={"model": model, "epochs_run": len(trained.history),
-                           "best_dev_acc": scores["dev_acc"]})
-            outputs.write_bytes(history, history_csv(trained.history))
-            outputs.write_bytes(metrics, (json.dumps(scores, indent=2) + "\n").encode())
+        try:
+            with live_log(live) if live else contextlib.nullcontext() as log:
+                trained = train_model(p, x_train, y_train, x_dev, y_dev, name=model,
+                                      device=device, source=data / "train.npz", label=stage,
+                                      on_epoch=partial(log_epoch, log) if log else None)
+            scores = dev_metrics(trained.history)
+            with write_together() as outputs:  # the model, its history and dev metrics, or none
+                with outputs.open(out) as f:
+                    save(f, trained.net, normalization=trained.normalization,
+                         input_shape=trained.input_shape, classes=trained.classes,
+                         meta={"model": model, "epochs_run": len(trained.history),
+                               "best_dev_acc": scores["dev_acc"]})
+                outputs.write_bytes(history, history_csv(trained.history))
+                outputs.write_bytes(metrics, (json.dumps(scores, indent=2) + "\n").encode())
+        except BaseException:  # all outputs or none: DVCLive's log of a run that wrote nothing too
+            if live:
+                shutil.rmtree(live, ignore_errors=True)
+            raise
         print(f"{stage}: best dev accuracy {scores['dev_acc']:.4f} (epoch {scores['best_epoch']}) "
               f"-> {out}, {history}, {metrics}")
         print(f"{stage}: trained on the {p.engine} engine ({p.device}, {threads} thread(s)) in "

@@ -104,9 +104,9 @@ def data(tmp_path_factory):
 NAN, INF = "<nan>", "<inf>"  # written into params.yaml as YAML's .nan and .inf
 
 
-def run_train(tmp_path, data, name, params, dataset):
-    """The train stage (in this process) on `params` as section `name`, data/`dataset`:
-    (result, model path, history path)."""
+def run_train(tmp_path, data, name, params, dataset, *options):
+    """The train stage (in this process) on `params` as section `name`, data/`dataset`, and
+    any further `options`: (result, model path, history path)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "params.yaml"
     text = json.dumps({name: params})  # JSON is YAML; .nan and .inf are YAML's, not JSON's
@@ -119,5 +119,5 @@ def run_train(tmp_path, data, name, params, dataset):
     result = CliRunner().invoke(train.app, [
         "--model", name, "--data", str(data / dataset), "--out", str(out),
         "--history", str(history), "--metrics", str(tmp_path / "reports" / name / "train.json"),
-        "--params", str(path)])
+        "--params", str(path), *options])
     return result, out, history

@@ -1,14 +1,17 @@
 """`nn change-report` on a copy of the committed reports (main) and a changed workspace."""
 
+import contextlib
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from dvcrepo import REPO, copy_repo, git_commit, set_params
 from nn.mnist.change import f1_moves
+from nn.mnist.live import live_log, log_epoch
 
 
 def test_f1_moves_lists_the_largest_moves_first():
@@ -27,6 +30,10 @@ def changed(tmp_path):
     worse class 3 in the MLP's per-class table."""
     repo = copy_repo(tmp_path, extra=(".gitignore",))
     shutil.copytree(REPO / "reports", repo / "reports", dirs_exist_ok=True)
+    for model in ("mlp", "cnn"):  # the train stage's DVCLive record, made as it logs it
+        with contextlib.chdir(repo), live_log(Path("reports") / model / "live") as live:
+            for record in pd.read_csv(Path("reports") / model / "history.csv").to_dict("records"):
+                log_epoch(live, record)
     subprocess.run(["git", "checkout", "-q", "-b", "main"], cwd=repo, check=True)
     git_commit(repo)
     set_params(repo, **{"mlp.epochs": 20})

@@ -271,3 +271,25 @@ def test_the_normalization_from_pixel_counts_is_numpys_mean_and_std():
     assert norm["std"] == pytest.approx(expected["std"], rel=1e-12)
     with pytest.raises(ValueError, match="every training image pixel is the same"):
         normalization_of(np.full((3, 4, 4), 9, np.uint8), "train.npz")
+
+
+def test_dvclive_logs_each_epoch_and_a_failed_run_leaves_no_log(tmp_path, data, monkeypatch):
+    """--live: DVCLive's metrics.json (the last epoch, its step) and a row per epoch, numbered
+    as history.csv's; a run that fails removes them with its other outputs."""
+    monkeypatch.chdir(tmp_path)  # outside any git or DVC repository
+    live = tmp_path / "dvclive" / "mlp"
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, epochs=3), "mnist",
+                                     "--live", str(live))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(history)
+    last = json.loads((live / "metrics.json").read_text())
+    assert last["step"] == 3 and last["dev_acc"] == pytest.approx(table["dev_acc"].iloc[-1], rel=1e-5)
+    rows = pd.read_csv(live / "plots" / "metrics" / "loss.tsv", sep="\t")
+    assert rows["step"].tolist() == table["epoch"].tolist() == [1, 2, 3]
+
+    params = model_params(MLP, optimizer={"name": "sgd", "lr": 1e9, "momentum": 0.9},
+                          schedule={"name": "constant"})
+    result, out, history = run_train(tmp_path, data, "mlp", params, "mnist", "--live", str(live))
+    assert result.exit_code == 1 and "diverged" in result.output
+    assert not live.exists()  # DVCLive empties it as a run starts; the failed run's log goes
+    assert out.exists()  # the stage's other outputs stay as they were (DVC removes them first)

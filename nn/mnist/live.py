@@ -9,7 +9,6 @@ saved by DVCLive itself: `dvc exp run` (or `nn tune`) does that.
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,21 +18,30 @@ EPOCH_METRICS = ("loss", "train_acc", "dev_acc", "lr")  # of an nn.train.fit his
 @contextlib.contextmanager
 def live_log(folder: str | Path, *, dvcyaml: bool = False) -> Iterator:
     """A `dvclive.Live` writing to `folder` (emptied first); with `dvcyaml`, the dvc.yaml that
-    declares its files is written there too, else dvc.yaml declares them (the train stage's).
-    None in a git repository without a commit, where DVCLive cannot start (nothing is logged)."""
+    declares its files is written there too, else dvc.yaml declares them (the train stage's)."""
+    folder = Path(folder)
+    with _live_class()(dir=str(folder), dvcyaml=str(folder / "dvc.yaml") if dvcyaml else False,
+                       save_dvc_exp=False, report=None) as live:
+        yield live
+
+
+def _live_class():
     from dvclive import Live
     from scmrepo.exceptions import SCMError
 
-    folder = Path(folder)
-    try:
-        live = Live(dir=str(folder), dvcyaml=str(folder / "dvc.yaml") if dvcyaml else False,
-                    save_dvc_exp=False, report=None)
-    except SCMError as e:  # "Empty git repo": DVCLive asks for HEAD's revision
-        print(f"note: no DVCLive log in {folder}: {e}", file=sys.stderr)
-        yield None
-        return
-    with live:
-        yield live
+    class FirstCommitLive(Live):
+        """Live, also in a git repository without a commit yet (`git init`, then `dvc repro`),
+        where DVCLive's own start asks for HEAD's revision and fails: the files are written
+        all the same, with no experiment to name (there is none before a commit)."""
+
+        def _init_dvc(self):
+            try:
+                super()._init_dvc()
+            except SCMError:
+                self._dvc_repo = None
+                self._dvc_file = self._init_dvc_file()
+
+    return FirstCommitLive
 
 
 def log_epoch(live, record: dict) -> None:
