@@ -50,6 +50,7 @@ def nn(repo, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_report_has_the_diffs_the_moves_and_the_pictures(changed):
     proc = nn(changed, "change-report", "--base", "main", "--out", "change-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -73,6 +74,7 @@ def test_an_unknown_base_is_one_line(changed):
     assert proc.stderr == "error: change-report: unknown git revision 'no-such-branch'\n"
 
 
+@pytest.mark.slow
 def test_a_base_dvc_cannot_read_is_one_line_not_a_column_of_dashes(changed):
     # The remote's URL added to .dvc/config after the base, its endpoint in .dvc/config.local:
     # DVC cannot read the base's config (a remote without a URL) and would print "-" for it.

@@ -218,6 +218,7 @@ CNN_SPEC = [
 ]
 
 
+@pytest.mark.slow
 def test_whole_cnn_matches_reference_and_passes_gradcheck(threaded):
     a = float64(build(CNN_SPEC, np.random.default_rng(3), "reference"))
     b = float64(build(CNN_SPEC, np.random.default_rng(3), "fast"))

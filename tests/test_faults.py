@@ -522,6 +522,7 @@ def big_params(seed: int) -> dict:
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["synthesize", "train"])
 def test_sigint_and_sigkill_at_any_moment_leave_old_or_new_outputs(project, stage):
     save_npz(project / "data" / "mnist" / "train.npz", **mnist_split(1000, 0))
@@ -627,6 +628,7 @@ def run_download(root: Path, urls: list[str], **extra):
         return CliRunner().invoke(download.app, ["--out", "raw"]), files
 
 
+@pytest.mark.slow
 def test_bad_urls_and_a_dripping_mirror_are_skipped_for_a_good_one(tmp_path):
     files = idx_files(fake_mnist(20, 10))
     write_mirror(tmp_path / "good", files)

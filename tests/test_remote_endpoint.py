@@ -18,6 +18,8 @@ from dvcrepo import env_with_venv
 from nn.mnist import remote
 from nn.mnist.remote import Remote, RemoteError
 
+pytestmark = pytest.mark.slow  # each test starts dvc and nn as subprocesses: seconds each
+
 
 def nn(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nn.mnist.cli", *args], cwd=repo,

@@ -98,6 +98,7 @@ def api(server, body: bytes, model: str, endpoint: str = "predict") -> dict:
         return json.load(r)
 
 
+@pytest.mark.slow
 def test_draw_two_digits_and_read_the_prediction(page, server, models, tmp_path):
     draw(page, "71")
     settled(page)
@@ -118,6 +119,7 @@ def test_draw_two_digits_and_read_the_prediction(page, server, models, tmp_path)
         page.screenshot(path=os.environ["NN_SERVE_SCREENSHOT"])
 
 
+@pytest.mark.slow
 def test_one_digit_undo_and_clear(page, server, models):
     page.click("#mode-mlp")
     assert [page.locator("#canvas").get_attribute(a) for a in ("width", "height")] == ["280", "280"]
@@ -140,6 +142,7 @@ def test_one_digit_undo_and_clear(page, server, models):
     assert page.locator("#label").inner_text() == "–"
 
 
+@pytest.mark.slow
 def test_bad_uploads_are_explained_on_the_page(page, tmp_path):
     blank = tmp_path / "blank.png"
     blank.write_bytes(servefakes.png(servefakes.Image.new("RGB", (200, 100), "white")))
@@ -160,6 +163,7 @@ def test_bad_uploads_are_explained_on_the_page(page, tmp_path):
     assert "digits touch" in page.locator("#warnings").inner_text()
 
 
+@pytest.mark.slow
 def test_fits_a_phone(browser, server):
     context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
                                   is_mobile=True, has_touch=True)
@@ -174,6 +178,7 @@ def test_fits_a_phone(browser, server):
     context.close()
 
 
+@pytest.mark.slow
 def test_layers_view_fills_as_you_draw_and_shows_a_kernel(page, server, models, tmp_path):
     draw(page, "71")
     settled(page)
@@ -203,6 +208,7 @@ def test_layers_view_fills_as_you_draw_and_shows_a_kernel(page, server, models, 
                         clip={"x": 0, "y": 0, "width": 1100, "height": 1500})
 
 
+@pytest.mark.slow
 def test_layers_view_fits_a_phone(browser, server):
     context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
                                   is_mobile=True, has_touch=True)
@@ -218,6 +224,7 @@ def test_layers_view_fits_a_phone(browser, server):
     context.close()
 
 
+@pytest.mark.slow
 def test_while_drawing_at_most_one_request_per_250_ms_and_one_in_flight(browser, server):
     context = browser.new_context(viewport={"width": 1100, "height": 640})
     page = context.new_page()

@@ -273,6 +273,7 @@ def test_the_normalization_from_pixel_counts_is_numpys_mean_and_std():
         normalization_of(np.full((3, 4, 4), 9, np.uint8), "train.npz")
 
 
+@pytest.mark.slow
 def test_dvclive_logs_each_epoch_and_a_failed_run_leaves_no_log(tmp_path, data, monkeypatch):
     """--live: DVCLive's metrics.json (the last epoch, its step) and a row per epoch, numbered
     as history.csv's; a run that fails removes them with its other outputs."""
