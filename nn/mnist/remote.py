@@ -182,6 +182,14 @@ def reachable_default(root: Path, action: str) -> Remote:
     return remote
 
 
+def gone_away(remote: Remote, action: str) -> None:
+    """After a failed transfer: RemoteError if the endpoint no longer answers (the server went
+    away during it), the true reason rather than what the transfer made of it."""
+    why = remote.check_endpoint()  # its URL passed this check before the transfer
+    if why:
+        raise RemoteError(f"{action}: {remote}: during the transfer: {why}")
+
+
 def pull(root: Path, run_cache: bool = False) -> str:
     """Fetch dvc.lock's outputs (and the run-cache's entries) from the default remote, then check
     out what the cache holds.
@@ -191,6 +199,8 @@ def pull(root: Path, run_cache: bool = False) -> str:
     remote = reachable_default(root, "pull")
     fetch = dvc(root, "fetch", "-r", remote.name, *(["--run-cache"] if run_cache else []))
     fetched = fetch.stdout + fetch.stderr
+    if fetch.returncode != 0:
+        gone_away(remote, "pull")
     if fetch.returncode != 0 and any(re.search(p, fetched) for p, _ in PROBLEMS):
         raise RemoteError(f"pull: {remote}: {problem(fetched, remote)}")
     checkout = dvc(root, "checkout")  # whatever the cache holds, even after a partial fetch
@@ -234,6 +244,7 @@ def push(root: Path, run_cache: bool = False) -> str:
     remote = reachable_default(root, "push")
     proc = dvc(root, "push", "-r", remote.name, *(["--run-cache"] if run_cache else []))
     if proc.returncode != 0:
+        gone_away(remote, "push")
         raise RemoteError(f"push: {remote}: {problem(proc.stdout + proc.stderr, remote)}")
     pushed = re.search(r"(\d+) files? pushed", proc.stdout)
     count = int(pushed.group(1)) if pushed else 0
