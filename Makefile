@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro pull push report-change test bench demo clean
+.PHONY: install repro pull push report-change test test-fast bench demo clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ report-change: install
 
 test: install
 	pytest -q
+
+# The inner loop: every test but the slow ones (over ~2 s each), in under a minute.
+test-fast: install
+	pytest -q -m 'not slow'
 
 bench: install
 	python benchmarks/bench.py

@@ -10,6 +10,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import click
+
+from nn.mnist.errors import debugging, unexpected
 from nn.mnist.params import ParamsError, read_yaml
 
 
@@ -39,9 +42,11 @@ def _removed_note(dvc_stage: str, outputs: tuple[Path, ...]) -> str | None:
 def fatal_errors(stage: str, *errors: type[BaseException],
                  outputs: tuple[str | Path, ...] = (), dvc_stage: str | None = None
                  ) -> Iterator[None]:
-    """Turn the expected errors of a stage into one line on stderr and exit status 1 (130 for
-    Ctrl-C); the line says whether the stage's `outputs` are still there, and how DVC restores
-    them (`dvc_stage`: the stage's name in dvc.yaml, when it is not `stage`)."""
+    """Turn the expected errors of a stage (ParamsError and `errors`: bad input) into one line on
+    stderr and exit status 1 (130 for Ctrl-C); the line says whether the stage's `outputs` are
+    still there, and how DVC restores them (`dvc_stage`: the stage's name in dvc.yaml, when it
+    is not `stage`). Any other exception is a bug: one line saying so (nn.mnist.errors), or its
+    traceback with NN_DEBUG=1."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     outputs = tuple(Path(p) for p in outputs)
@@ -56,3 +61,9 @@ def fatal_errors(stage: str, *errors: type[BaseException],
         print(f"{stage}: interrupted; " + (f"nothing written, but {note}" if note else
                                             "outputs left as they were"), file=sys.stderr)
         raise SystemExit(130) from None
+    except (click.ClickException, click.exceptions.Exit):  # a usage error: typer's own line
+        raise
+    except Exception as e:  # not bad input: a bug, with its traceback one variable away
+        if debugging():
+            raise
+        raise unexpected(stage, e) from None

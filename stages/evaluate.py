@@ -9,8 +9,10 @@ from typing import Annotated, Literal
 import numpy as np
 import typer
 
+from nn.backend import DeviceError
 from nn.engine import ENGINES
-from nn.files import Array, load_npz, write_together
+from nn.fast.threads import apply_thread_budget
+from nn.files import Array, DataFileError, load_npz, write_together
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
 from nn.mnist.modelfile import ModelFileError, load, normalize
@@ -55,9 +57,10 @@ def main(
     import pandas as pd
 
     reports = ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png", "errors.png")
-    with fatal_errors(f"evaluate {model}", ModelFileError, OSError, ValueError, KeyError,
+    with fatal_errors(f"evaluate {model}", ModelFileError, DataFileError, DeviceError, OSError,
                       outputs=tuple(out / name for name in reports),
                       dvc_stage=f"evaluate@{Path(model).stem}"):
+        apply_thread_budget()  # NN_THREADS: this job's share of the cores
         net, info = load(model, engine=engine)
         k = len(info.classes) if info.classes else net.predict_proba(
             np.zeros((1, *info.input_shape), np.float32)).shape[1]
@@ -65,7 +68,7 @@ def main(
                                             "labels": Array("iu", ("n",), 0, k - 1)})
         images, labels = test["images"], test["labels"].astype(np.int64)
         if tuple(info.input_shape) != (*images.shape[1:], 1):
-            raise ValueError(f"{model} takes {tuple(info.input_shape)} inputs, "
+            raise DataFileError(f"{model} takes {tuple(info.input_shape)} inputs, "
                              f"{data / 'test.npz'} holds {images.shape[1:]} images")
         r = evaluate(net, info, images, labels)
         classes = np.array(info.classes or [str(c) for c in range(k)])

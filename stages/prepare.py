@@ -31,7 +31,7 @@ def main(
     out: Annotated[Path, typer.Option(help="Folder for train.npz, dev.npz, test.npz.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("prepare", IdxError, OSError, ValueError,
+    with fatal_errors("prepare", IdxError, OSError,
                       outputs=tuple(out / f"{s}.npz" for s in ("train", "dev", "test"))):
         p = load_params(PrepareParams, "prepare", params)
         images, labels = load_split(raw, "train")

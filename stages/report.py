@@ -9,11 +9,51 @@ from typing import Annotated
 
 import typer
 
-from nn.files import load_npz, write_bytes
-from nn.mnist.params import read_yaml
+from nn.files import DataFileError, load_npz, write_bytes
+from nn.mnist.params import ParamsError, read_yaml
 from stages.common import fatal_errors
 
 HARDEST = 5  # classes listed per model
+METRICS = ("accuracy", "loss", "macro_f1", "samples", "params")  # of metrics.json, on the page
+PER_CLASS = ("class", "f1", "recall", "support")                # of per_class.csv
+PARAMS = ("epochs", "batch_size", "seed", "layers", "optimizer.name", "optimizer.lr",
+          "schedule.name")                                       # of a model's params section
+
+
+def model_reports(folder: Path) -> tuple[dict, object]:
+    """folder/metrics.json and folder/per_class.csv, with what the page shows from them; a
+    file that is not JSON or CSV, or lacks a field, is a DataFileError naming it."""
+    import pandas as pd
+
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_bytes())
+    except ValueError as e:  # not UTF-8, not JSON
+        raise DataFileError(f"{path}: not JSON ({e})") from None
+    missing = [k for k in METRICS if not isinstance(metrics, dict) or k not in metrics]
+    if missing:
+        raise DataFileError(f"{path}: no {missing[0]!r}")
+    path = folder / "per_class.csv"
+    try:
+        table = pd.read_csv(path, dtype={"class": str})
+    except ValueError as e:  # empty, or not CSV (pandas' errors are ValueErrors)
+        raise DataFileError(f"{path}: not a CSV table ({str(e).splitlines()[0]})") from None
+    missing = [k for k in PER_CLASS if k not in table.columns]
+    if missing:
+        raise DataFileError(f"{path}: no column {missing[0]!r}")
+    return metrics, table
+
+
+def model_params(tree: dict, name: str, source: Path) -> dict:
+    """Section `name` of the params, with every key the page shows (ParamsError naming one
+    that is missing)."""
+    for key in PARAMS:
+        node = tree
+        for part in (name, *key.split(".")):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamsError(f"{source}: {name}.{key}: missing")
+            node = node[part]
+    return tree[name]
 
 
 def dataset_sizes(folder: Path) -> dict[str, int]:
@@ -106,12 +146,12 @@ def kept(p: dict) -> str:
 def parse_models(args: list[str]) -> dict[str, str]:
     """`--mlp mnist --cnn mnist100` (dvc.yaml's `${models}` unpacked) -> {"mlp": "mnist", ...}."""
     if len(args) % 2 or not args:
-        raise ValueError(f"expected --<model> <dataset> pairs, got {' '.join(args) or 'none'}")
+        raise ParamsError(f"expected --<model> <dataset> pairs, got {' '.join(args) or 'none'}")
     models = {}
     for flag, dataset in zip(args[::2], args[1::2]):
         name = flag.removeprefix("--")
         if not flag.startswith("--") or not re.fullmatch(r"\w+", name) or dataset.startswith("-"):
-            raise ValueError(f"expected --<model> <dataset>, got {flag} {dataset}")
+            raise ParamsError(f"expected --<model> <dataset>, got {flag} {dataset}")
         models[name] = dataset
     return models
 
@@ -130,18 +170,14 @@ def main(
 ) -> None:
     """Write the results page for the models given as `--<model> <dataset>` pairs, e.g.
     `--mlp mnist --cnn mnist100` (dvc.yaml passes its `models` map)."""
-    import pandas as pd
-
-    with fatal_errors("report", OSError, ValueError, KeyError, outputs=(out,)):
-        p = read_yaml(params)
-        models, datasets = {}, {}
+    with fatal_errors("report", DataFileError, OSError, outputs=(out,)):
+        tree = read_yaml(params)
+        models, datasets, p = {}, {}, {}
         for name, dataset in parse_models(ctx.args).items():
+            p[name] = model_params(tree, name, params)
             datasets.setdefault(dataset, dataset_sizes(data / dataset))
-            models[name] = {
-                "dataset": dataset,
-                "metrics": json.loads((reports / name / "metrics.json").read_text()),
-                "per_class": pd.read_csv(reports / name / "per_class.csv", dtype={"class": str}),
-            }
+            metrics, per_class = model_reports(reports / name)
+            models[name] = {"dataset": dataset, "metrics": metrics, "per_class": per_class}
         write_bytes(out, render(models, p, datasets).encode())
         print(f"report: {', '.join(models)} -> {out}")
 

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from pydantic import Field
 
-from nn.files import Array, load_npz, write_together
+from nn.files import Array, DataFileError, load_npz, write_together
 from nn.mnist.mnist100 import synthesize
 from nn.mnist.params import Int, Params, load_params
 from nn.mnist.pictures import labelled_grid, png_bytes
@@ -38,7 +38,7 @@ def main(
     samples: Annotated[Path, typer.Option(help="PNG grid of example pairs.")],
     params: Annotated[Path, typer.Option(help="Params file.")] = Path("params.yaml"),
 ) -> None:
-    with fatal_errors("synthesize", OSError, ValueError,
+    with fatal_errors("synthesize", DataFileError, OSError,
                       outputs=(*(out / f"{s}.npz" for s in SPLITS), samples)):
         p = load_params(Mnist100Params, "mnist100", params)
         sizes = {"train": p.train_size, "dev": p.dev_size, "test": p.test_size}

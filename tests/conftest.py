@@ -1,6 +1,7 @@
 """Shared test helpers. tests/ is on sys.path, so test files import these and the fakes
 modules (datafakes, servefakes) by name."""
 
+import json
 import os
 import struct
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -68,3 +70,54 @@ def s3(tmp_path_factory):
     server = s3server.start(weed, tmp_path_factory.mktemp("s3"))
     yield server
     server.stop()
+
+
+# --- the train stage on tiny data (test_train_stages, test_device) ---------------------------
+
+def model_params(arch, **changes):
+    """A params.yaml section for the train stage: layers `arch`, two epochs, adam, cosine."""
+    p = {"seed": 0, "epochs": 2, "batch_size": 32,
+         "optimizer": {"name": "adam", "lr": 0.01},
+         "schedule": {"name": "cosine", "args": {"warmup_epochs": 0.5}},
+         "max_shift": 1, "layers": arch}
+    p.update(changes)
+    return p
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny MNIST (digits drawn as bars, learnable) and MNIST-100 (random) folders."""
+    from nn.files import save_npz
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for name, n, width, k in (("mnist", 200, 28, 10), ("mnist100", 300, 56, 100)):
+        for split in ("train", "dev", "test"):
+            labels = (np.arange(n) % k).astype(np.uint8)
+            images = rng.integers(0, 40, size=(n, 28, width), dtype=np.uint8)
+            if k == 10:  # a bright row at the label's position: an easy, learnable digit
+                images[np.arange(n), 2 + 2 * labels, :] = 255
+            save_npz(root / name / f"{split}.npz", images=images, labels=labels)
+    return root
+
+
+NAN, INF = "<nan>", "<inf>"  # written into params.yaml as YAML's .nan and .inf
+
+
+def run_train(tmp_path, data, name, params, dataset, *options):
+    """The train stage (in this process) on `params` as section `name`, data/`dataset`, and
+    any further `options`: (result, model path, history path)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "params.yaml"
+    text = json.dumps({name: params})  # JSON is YAML; .nan and .inf are YAML's, not JSON's
+    path.write_text(text.replace(f'"{NAN}"', ".nan").replace(f'"{INF}"', ".inf"))
+    out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
+    from typer.testing import CliRunner
+
+    from stages import train
+
+    result = CliRunner().invoke(train.app, [
+        "--model", name, "--data", str(data / dataset), "--out", str(out),
+        "--history", str(history), "--metrics", str(tmp_path / "reports" / name / "train.json"),
+        "--params", str(path), *options])
+    return result, out, history

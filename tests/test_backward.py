@@ -13,8 +13,7 @@ from nn.mnist import explain as ex
 from nn.mnist import modelfile
 from nn.model import Sequential
 from servefakes import drawing, running_server
-from test_explain import float64_copy, png_array, randomize_statistics
-from test_serve import request
+from servefakes import float64_copy, png_array, randomize_statistics, request
 
 
 def direct_backward(net: Sequential, x: np.ndarray, label: int):

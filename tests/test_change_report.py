@@ -1,15 +1,18 @@
 """`nn change-report` on a copy of the committed reports (main) and a changed workspace."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from dvcrepo import REPO, copy_repo, git_commit, set_params
 from nn.mnist.change import f1_moves
+from nn.mnist.live import live_log, log_epoch
 
 
 def test_f1_moves_lists_the_largest_moves_first():
@@ -28,6 +31,10 @@ def changed(tmp_path):
     worse class 3 in the MLP's per-class table."""
     repo = copy_repo(tmp_path, extra=(".gitignore",))
     shutil.copytree(REPO / "reports", repo / "reports", dirs_exist_ok=True)
+    for model in ("mlp", "cnn"):  # the train stage's DVCLive record, made as it logs it
+        with contextlib.chdir(repo), live_log(Path("reports") / model / "live") as live:
+            for record in pd.read_csv(Path("reports") / model / "history.csv").to_dict("records"):
+                log_epoch(live, record)
     subprocess.run(["git", "checkout", "-q", "-b", "main"], cwd=repo, check=True)
     git_commit(repo)
     set_params(repo, **{"mlp.epochs": 20})
@@ -44,6 +51,7 @@ def nn(repo, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_the_report_has_the_diffs_the_moves_and_the_pictures(changed):
     proc = nn(changed, "change-report", "--base", "main", "--out", "change-report")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -67,6 +75,7 @@ def test_an_unknown_base_is_one_line(changed):
     assert proc.stderr == "error: change-report: unknown git revision 'no-such-branch'\n"
 
 
+@pytest.mark.slow
 def test_a_base_dvc_cannot_read_is_one_line_not_a_column_of_dashes(changed):
     # The remote's URL added to .dvc/config after the base, its endpoint in .dvc/config.local:
     # DVC cannot read the base's config (a remote without a URL) and would print "-" for it.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import base64
-import io
 
 import numpy as np
 import pytest
@@ -19,20 +17,7 @@ from nn.mnist import explain as ex
 from nn.mnist import modelfile
 from nn.mnist.cli import app
 from nn.model import Sequential
-from servefakes import drawing, running_server
-from test_serve import post, request
-
-
-def randomize_statistics(model: Sequential, rng: np.random.Generator) -> Sequential:
-    """BatchNorm as after training (not the identity it starts as): running statistics and γ, β."""
-    for layer in model.layers:
-        if layer.buffers:
-            c = len(layer.buffers["running_mean"])
-            layer.buffers["running_mean"][:] = rng.normal(0, 0.5, c)
-            layer.buffers["running_var"][:] = rng.uniform(0.3, 2.0, c)
-            layer.params["gamma"][:] = rng.uniform(0.5, 1.5, c)
-            layer.params["beta"][:] = rng.normal(0, 0.2, c)
-    return model
+from servefakes import drawing, float64_copy, png_array, post, randomize_statistics, request, running_server
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +41,6 @@ def explained(server, text: str, model: str = "cnn") -> dict:
                               {"Content-Type": "image/png"})
     assert status == 200, body
     return body
-
-
-def png_array(url: str) -> np.ndarray:
-    assert url.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
 
 
 def direct_outputs(path, x_uint8: np.ndarray) -> list[np.ndarray]:
@@ -118,14 +98,6 @@ def test_the_pair_is_the_product_of_its_two_digits(server):
     assert best["label"] == a + b
     assert best["digits"][0]["probability"] == pytest.approx(digits[0][int(a)], abs=1e-6)
     assert best["probability"] == pytest.approx(digits[0][int(a)] * digits[1][int(b)], rel=1e-4)
-
-
-def float64_copy(net: Sequential) -> Sequential:
-    copy = ex.reference_copy(net)
-    for layer in copy.layers:
-        layer.params = {k: v.astype(np.float64) for k, v in layer.params.items()}
-        layer.buffers = {k: v.astype(np.float64) for k, v in layer.buffers.items()}
-    return copy
 
 
 def score(net: Sequential, x: np.ndarray, c: int) -> float:

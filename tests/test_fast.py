@@ -3,7 +3,7 @@ outputs and every gradient, on inputs with ties, with and without threads and ch
 
 import numpy as np
 import pytest
-from test_layers import CONV_CASES
+from layertable import CONV_CASES
 
 from nn import layers as ref
 from nn import optim
@@ -218,6 +218,7 @@ CNN_SPEC = [
 ]
 
 
+@pytest.mark.slow
 def test_whole_cnn_matches_reference_and_passes_gradcheck(threaded):
     a = float64(build(CNN_SPEC, np.random.default_rng(3), "reference"))
     b = float64(build(CNN_SPEC, np.random.default_rng(3), "fast"))

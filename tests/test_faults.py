@@ -522,6 +522,7 @@ def big_params(seed: int) -> dict:
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["synthesize", "train"])
 def test_sigint_and_sigkill_at_any_moment_leave_old_or_new_outputs(project, stage):
     save_npz(project / "data" / "mnist" / "train.npz", **mnist_split(1000, 0))
@@ -627,6 +628,7 @@ def run_download(root: Path, urls: list[str], **extra):
         return CliRunner().invoke(download.app, ["--out", "raw"]), files
 
 
+@pytest.mark.slow
 def test_bad_urls_and_a_dripping_mirror_are_skipped_for_a_good_one(tmp_path):
     files = idx_files(fake_mnist(20, 10))
     write_mirror(tmp_path / "good", files)
@@ -652,3 +654,105 @@ def test_every_source_failing_lists_each_with_its_reason(tmp_path):
     assert f"{drip}train-images-idx3-ubyte.gz: not done within the 0.5 s deadline" in line
     assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz: " in line
     assert [p.name for p in (tmp_path / "raw").iterdir()] == ["keep"]
+
+
+# --- a bug is not bad input -------------------------------------------------------------------
+
+def _raise(error: Exception):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+BUG = "unexpected error (a bug, not a problem with your input)"
+
+
+@pytest.mark.parametrize("stage, where, error", [
+    ("train", "train_model", ValueError("operands could not be broadcast together")),
+    ("train", "dev_metrics", KeyError("dev_acc")),
+    ("evaluate", "evaluate", ValueError("shapes (3,) and (4,) not aligned")),
+    ("evaluate", "per_class", KeyError("f1")),
+])
+def test_a_bug_below_a_stage_says_so_and_keeps_the_outputs(trained, monkeypatch, stage, where,
+                                                            error):
+    """A ValueError or KeyError from the code a stage calls is a bug, not the tidy line of a
+    bad input: one line saying so and how to see the traceback; NN_DEBUG=1 gives the traceback."""
+    before = snapshot(trained)
+    monkeypatch.setattr(globals()[stage], where, _raise(error))
+    run = run_train if stage == "train" else run_evaluate
+    line = one_line_error(run(trained))
+    label = "train@mlp" if stage == "train" else "evaluate models/mlp.npz"
+    assert line == f"{label}: {BUG}: {type(error).__name__}: {error}; run with NN_DEBUG=1 for " \
+                   f"the traceback", line
+    assert snapshot(trained) == before
+    monkeypatch.setenv("NN_DEBUG", "1")
+    result = run(trained)
+    assert result.exit_code != 0 and result.exception is error  # raised: the traceback
+    assert snapshot(trained) == before
+
+
+def test_bad_input_is_still_one_tidy_line_not_a_bug(trained):
+    (trained / "data" / "mnist" / "dev.npz").write_bytes(b"not a zip")
+    line = one_line_error(run_train(trained))
+    assert line.startswith("train@mlp: error: data/mnist/dev.npz: ") and "bug" not in line, line
+
+
+def test_a_bug_under_nn_says_so_and_nn_debug_shows_the_traceback(trained, monkeypatch, capsys):
+    from nn.mnist import classify, cli
+
+    monkeypatch.setattr(classify, "load_classifier", _raise(KeyError("meta")))
+    digit = digit_png(trained / "digit.png")
+    monkeypatch.setattr(sys, "argv", ["nn", "predict", str(digit), "--model",
+                                      str(trained / "models" / "mlp.npz")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"nn: {BUG}: KeyError: 'meta'; run with NN_DEBUG=1 for the traceback\n", err
+    monkeypatch.setenv("NN_DEBUG", "1")
+    with pytest.raises(KeyError, match="meta"):
+        cli.run()
+
+
+def test_report_reads_its_inputs_strictly(trained, tmp_path):
+    """The report's inputs are checked: a metrics.json without a field or a per_class.csv
+    without its class column is one line naming the file, not a KeyError."""
+    from stages import report
+
+    root = trained
+    (root / "data" / "mnist100").mkdir()
+    for split in ("train", "dev", "test"):
+        shutil.copy(root / "data" / "mnist" / f"{split}.npz", root / "data" / "mnist100")
+
+    def run_report(*models):
+        with contextlib.chdir(root):
+            return CliRunner().invoke(report.app, ["--data", "data", "--reports", "reports",
+                                                   "--out", "reports/README.md", *models])
+
+    metrics = root / "reports" / "mlp" / "metrics.json"
+    good = metrics.read_text()
+    metrics.write_text(json.dumps({k: v for k, v in json.loads(good).items() if k != "loss"}))
+    assert one_line_error(run_report("--mlp", "mnist")) == \
+        "report: error: reports/mlp/metrics.json: no 'loss'"
+    metrics.write_text("{")
+    assert one_line_error(run_report("--mlp", "mnist")).startswith(
+        "report: error: reports/mlp/metrics.json: not JSON")
+    metrics.write_text(good)
+    table = root / "reports" / "mlp" / "per_class.csv"
+    table.write_text(table.read_text().replace("class,", "klass,", 1))
+    assert one_line_error(run_report("--mlp", "mnist")) == \
+        "report: error: reports/mlp/per_class.csv: no column 'class'"
+    assert one_line_error(run_report("--cnn", "mnist")) == \
+        "report: error: params.yaml: cnn.epochs: missing"
+    assert not (root / "reports" / "README.md").exists()
+
+
+def test_a_bad_thread_budget_is_one_line(trained, monkeypatch):
+    """NN_THREADS (one job's share of the cores, docs/team.md) is a setting: one line."""
+    monkeypatch.setenv("NN_THREADS", "two")
+    before = snapshot(trained)
+    assert one_line_error(run_train(trained)) == \
+        "train@mlp: error: NN_THREADS='two': expected a whole number of threads >= 1"
+    assert one_line_error(run_evaluate(trained)) == "evaluate models/mlp.npz: error: " \
+        "NN_THREADS='two': expected a whole number of threads >= 1"
+    assert snapshot(trained) == before

@@ -4,6 +4,8 @@ ties, dropout, BatchNorm statistics. The fast engine is held to these layers in 
 import numpy as np
 import pytest
 
+from layertable import CONV_CASES
+
 from nn import init
 from nn.gradcheck import check_gradients, numerical_gradient, rel_error
 from nn.layers import (
@@ -103,20 +105,6 @@ def test_linear_gradients(bias):
     assert_gradients(layer, randn(rng, 3, 7))
 
 
-CONV_CASES = [  # (C_in, C_out, kernel, stride, padding, H, W)
-    (2, 3, 3, 1, 0, 6, 7),
-    (2, 3, 3, 1, 1, 5, 8),
-    (3, 2, 3, 1, "same", 7, 5),
-    (1, 4, 5, 1, "same", 6, 9),
-    (2, 2, 5, 1, 2, 5, 5),
-    (2, 3, 4, 1, "same", 6, 7),  # even kernel: asymmetric padding
-    (2, 3, 3, 2, 1, 7, 9),
-    (3, 2, 5, 2, 0, 9, 8),
-    (2, 2, 3, 1, 4, 3, 4),  # padding >= kernel: general dx path
-    (2, 3, (3, 1), (1, 2), (1, 0), 6, 7),
-    (6, 4, 3, 1, 1, 5, 6),  # kw * C_in >= 16: im2col stored row-major rather than transposed
-    (6, 3, 3, 2, 1, 7, 6),
-]
 
 
 @pytest.mark.parametrize("c_in,c_out,k,s,p,h,w", CONV_CASES)

@@ -24,11 +24,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import servefakes
-from conftest import png_header
 from nn.mnist import serve as web
 from nn.mnist.cli import app
 from nn.mnist.preprocess import preprocess, preprocess_explained
-from servefakes import drawing, rendered, running_server
+from servefakes import BAD_POSTS, drawing, post, raw, rendered, request, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,34 +41,6 @@ def model_paths(tmp_path_factory) -> dict[str, Path]:
 def server(model_paths):
     with running_server(model_paths) as s:
         yield s
-
-
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """-> (status, parsed JSON or raw bytes, response headers); a new connection per call."""
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        parsed = json.loads(data) if r.getheader("Content-Type") == "application/json" else data
-        return r.status, parsed, dict(r.getheaders())
-    finally:
-        conn.close()
-
-
-def post(server, body: bytes, model: str = "cnn", content_type: str = "image/png", **query):
-    query = "&".join(f"{k}={v}" for k, v in {"model": model, **query}.items())
-    return request(server, "POST", f"/api/predict?{query}", body, {"Content-Type": content_type})
-
-
-def raw(server, data: bytes) -> bytes:
-    """Send bytes as they are (for what http.client will not send) and return the whole answer."""
-    with socket.create_connection(server.server_address[:2], timeout=10) as s:
-        s.sendall(data)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # --- the page and health ----------------------------------------------------------------
@@ -175,22 +146,6 @@ def test_explained_boxes_are_in_image_pixels():
 
 # --- bad requests: status, one-line JSON error, and the server keeps serving ----------
 
-BLANK = servefakes.png(Image.new("RGB", (280, 280), "white"))
-BAD_POSTS = {  # name: (body, content type, query, status, start of the error)
-    "empty body": (b"", "image/png", "", 400, "empty body"),
-    "not an image": (b"hello, world", "image/png", "", 400, "not an image"),
-    "truncated png": (drawing("7")[:300], "image/png", "", 400, "corrupt or truncated image"),
-    "malformed json": (b'{"image": ', "application/json", "", 400, "malformed JSON"),
-    "json without image": (b'{"model": "cnn"}', "application/json", "", 400, 'JSON body needs "image"'),
-    "bad base64": (b'{"image": "data:image/png;base64,@@@"}', "application/json", "", 400, "malformed base64"),
-    "data url not base64": (b"data:image/png,abc", "text/plain", "", 400, "data URL must be base64"),
-    "unknown model": (drawing("7"), "image/png", "model=rnn", 400, "unknown model 'rnn' (known: mlp, cnn)"),
-    "top_k zero": (drawing("7"), "image/png", "top_k=0", 400, "top_k must be an integer from 1 to 100"),
-    "top_k text": (drawing("7"), "image/png", "top_k=five", 400, "top_k must be an integer"),
-    "json model not a string": (b'{"image": "AAAA", "model": ["cnn"]}', "application/json", "", 400, "unknown model"),
-    "too many pixels": (png_header(10_000, 6_000), "image/png", "", 413, "image too large: 10000x6000"),
-    "blank": (BLANK, "image/png", "", 422, "blank image: no ink found"),
-}
 
 
 @pytest.mark.parametrize("endpoint", ["predict", "explain"])

@@ -16,8 +16,7 @@ from nn.mnist import modelfile
 from nn.mnist.explain import kernel_atlas
 from nn.mnist import serve as web
 from servefakes import drawing, running_server
-from test_explain import png_array
-from test_serve import BAD_POSTS, raw, request
+from servefakes import BAD_POSTS, png_array, raw, request
 
 
 @pytest.fixture(scope="module")

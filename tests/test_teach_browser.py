@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from nn.mnist.watch import Watch
-from test_serve_browser import BROWSER, api, browser, draw, models, page, server, settled  # noqa: F401 -- fixtures
-from test_watch import folder  # noqa: F401 -- a fixture
-from test_watch import params as watch_params
+from browserfakes import BROWSER, api, browser, draw, models, page, server, settled  # noqa: F401 -- fixtures
+from servefakes import folder  # noqa: F401 -- a fixture
+from servefakes import params as watch_params
 
 pytestmark = pytest.mark.skipif(
     BROWSER is None, reason="no Chromium found (apt-get install chromium, or set NN_CHROMIUM to its path)")

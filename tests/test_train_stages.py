@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TINY_CNN, TINY_MLP
+from conftest import INF, NAN, TINY_CNN, TINY_MLP, model_params, run_train
 from nn.files import save_npz
 from nn.mnist.modelfile import load
 from nn.mnist.params import validate
@@ -17,46 +17,6 @@ from nn.mnist.training import TrainParams, load_split, subset, train_model
 from stages import evaluate, report, train
 
 CNN, MLP = TINY_CNN, TINY_MLP
-
-
-def model_params(arch, **changes):
-    p = {"seed": 0, "epochs": 2, "batch_size": 32,
-         "optimizer": {"name": "adam", "lr": 0.01},
-         "schedule": {"name": "cosine", "args": {"warmup_epochs": 0.5}},
-         "max_shift": 1, "layers": arch}
-    p.update(changes)
-    return p
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Tiny MNIST (digits drawn as bars, learnable) and MNIST-100 (random) folders."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for name, n, width, k in (("mnist", 200, 28, 10), ("mnist100", 300, 56, 100)):
-        for split in ("train", "dev", "test"):
-            labels = (np.arange(n) % k).astype(np.uint8)
-            images = rng.integers(0, 40, size=(n, 28, width), dtype=np.uint8)
-            if k == 10:  # a bright row at the label's position: an easy, learnable digit
-                images[np.arange(n), 2 + 2 * labels, :] = 255
-            save_npz(root / name / f"{split}.npz", images=images, labels=labels)
-    return root
-
-
-NAN, INF = "<nan>", "<inf>"  # written into params.yaml as YAML's .nan and .inf
-
-
-def run_train(tmp_path, data, name, params, dataset):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "params.yaml"
-    text = json.dumps({name: params})  # JSON is YAML; .nan and .inf are YAML's, not JSON's
-    path.write_text(text.replace(f'"{NAN}"', ".nan").replace(f'"{INF}"', ".inf"))
-    out, history = tmp_path / "models" / f"{name}.npz", tmp_path / "reports" / name / "history.csv"
-    result = CliRunner().invoke(train.app, [
-        "--model", name, "--data", str(data / dataset), "--out", str(out),
-        "--history", str(history), "--metrics", str(tmp_path / "reports" / name / "train.json"),
-        "--params", str(path)])
-    return result, out, history
 
 
 @pytest.mark.parametrize("change, message", [
@@ -311,3 +271,26 @@ def test_the_normalization_from_pixel_counts_is_numpys_mean_and_std():
     assert norm["std"] == pytest.approx(expected["std"], rel=1e-12)
     with pytest.raises(ValueError, match="every training image pixel is the same"):
         normalization_of(np.full((3, 4, 4), 9, np.uint8), "train.npz")
+
+
+@pytest.mark.slow
+def test_dvclive_logs_each_epoch_and_a_failed_run_leaves_no_log(tmp_path, data, monkeypatch):
+    """--live: DVCLive's metrics.json (the last epoch, its step) and a row per epoch, numbered
+    as history.csv's; a run that fails removes them with its other outputs."""
+    monkeypatch.chdir(tmp_path)  # outside any git or DVC repository
+    live = tmp_path / "dvclive" / "mlp"
+    result, out, history = run_train(tmp_path, data, "mlp", model_params(MLP, epochs=3), "mnist",
+                                     "--live", str(live))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(history)
+    last = json.loads((live / "metrics.json").read_text())
+    assert last["step"] == 3 and last["dev_acc"] == pytest.approx(table["dev_acc"].iloc[-1], rel=1e-5)
+    rows = pd.read_csv(live / "plots" / "metrics" / "loss.tsv", sep="\t")
+    assert rows["step"].tolist() == table["epoch"].tolist() == [1, 2, 3]
+
+    params = model_params(MLP, optimizer={"name": "sgd", "lr": 1e9, "momentum": 0.9},
+                          schedule={"name": "constant"})
+    result, out, history = run_train(tmp_path, data, "mlp", params, "mnist", "--live", str(live))
+    assert result.exit_code == 1 and "diverged" in result.output
+    assert not live.exists()  # DVCLive empties it as a run starts; the failed run's log goes
+    assert out.exists()  # the stage's other outputs stay as they were (DVC removes them first)

@@ -209,6 +209,7 @@ def reports(folder: Path) -> list[str]:
     return sorted(p.name for p in found.iterdir()) if found.is_dir() else []
 
 
+@pytest.mark.slow
 def test_a_search_prunes_ranks_by_dev_never_test_and_writes_its_reports(tmp_path):
     folder = write_tune_folder(tmp_path, test=False)  # no test split: the search never reads it
     result = nn_tune(folder, "--trials", "10")
@@ -240,6 +241,7 @@ def test_a_search_prunes_ranks_by_dev_never_test_and_writes_its_reports(tmp_path
     assert len(pd.read_csv(folder / "reports" / "tune" / "mlp.csv")) == 12
 
 
+@pytest.mark.slow
 def test_retrain_scores_the_best_at_the_full_budget_on_dev_and_test(tmp_path):
     folder = write_tune_folder(tmp_path)
     result = nn_tune(folder, "--trials", "3", "--retrain")
@@ -278,6 +280,7 @@ def test_a_bad_or_unreachable_storage_stops_with_one_line(tmp_path, url, message
     assert reports(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_study_that_holds_another_search_is_refused(tmp_path):
     folder = write_tune_folder(tmp_path)
     assert nn_tune(folder, "--trials", "1").exit_code == 0
@@ -311,6 +314,7 @@ def mid_trial(trial) -> bool:
     return 1 <= len(trial.intermediate_values) < SLOW_BUDGET["mlp.epochs"] - 1
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_trial_and_the_command_says_so(tmp_path):
     import psutil
 
@@ -368,6 +372,7 @@ def test_the_committed_searches_are_the_ones_docs_tuning_describes(model):
     assert results_row(table, model) in (root / "docs" / "tuning.md").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_study_and_the_same_command_goes_on(tmp_path):
     # 20,000 images: an epoch of trial 1 takes long enough on an idle machine to be caught
     folder = write_tune_folder(tmp_path, n_train=20000, trials=4, budget=SLOW_BUDGET)

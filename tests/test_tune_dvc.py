@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_pipeline import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
+from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 from nn.mnist.tune import open_storage
 from test_tune import SLOW_BUDGET, mid_trial, write_tune_folder
 
@@ -68,6 +68,7 @@ def test_every_trial_is_a_dvc_experiment(tmp_path_factory):
         assert params["mlp.epochs"] == 2
         assert metrics["state"] == row["state"]
         assert metrics["dev_acc"] == pytest.approx(row["dev_acc"], abs=1e-6)
+        assert metrics.get("step", 0) == row["epochs"]  # one DVCLive step per epoch run
     diff = dvc(repo, "exp", "diff", "--all", "tune-mlp-000", "tune-mlp-001")
     assert "mlp.optimizer.lr" in diff and "dev_acc" in diff
     assert (repo / "dvc.lock").read_text() == lock  # the workspace is as it was

@@ -18,38 +18,8 @@ import numpy as np
 import pytest
 
 import servefakes
-from nn.mnist.training import TrainParams
 from nn.mnist.watch import Watch
-from servefakes import drawing, running_server
-from test_serve import request
-
-TINY = [{"type": "Tiles", "parts": 2},
-        {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": "same"},
-        {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 4}, {"type": "Flatten"},
-        {"type": "Linear", "in_features": 4 * 7 * 7, "out_features": 10},
-        {"type": "Untile", "parts": 2}, {"type": "OuterSum"}]
-
-
-def params(**kw) -> TrainParams:
-    return TrainParams(**{"seed": 4, "epochs": 1, "batch_size": 16, "layers": TINY, "max_shift": 1,
-                          "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05},
-                          "schedule": {"name": "onecycle", "args": {"pct_start": 0.2}}, **kw})
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Fake MNIST-100 splits: each pair's two digits are blobs whose place says the digit."""
-    folder = tmp_path_factory.mktemp("mnist100")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 160), ("dev", 40), ("test", 10)):
-        labels = rng.integers(0, 100, n)
-        images = np.zeros((n, 28, 56), np.uint8)
-        for i, y in enumerate(labels):
-            for half, d in enumerate(divmod(int(y), 10)):
-                r, c = divmod(d, 5)
-                images[i, 4 + 12 * r:12 + 12 * r, 28 * half + 2 + 5 * c:28 * half + 6 + 5 * c] = 255
-        np.savez(folder / f"{split}.npz", images=images, labels=labels)
-    return folder
+from servefakes import drawing, folder, params, request, running_server  # noqa: F401 -- folder: a fixture
 
 
 def finished(get, timeout: float = 60) -> dict:

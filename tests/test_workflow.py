@@ -33,6 +33,7 @@ def test_the_workflow_runs_only_make_targets_that_ci_or_the_tests_run():
     assert used <= ci | tested, used - ci - tested
 
 
+@pytest.mark.slow
 def test_the_change_report_comment_is_the_file_make_report_change_writes():
     steps = YAML(typ="safe").load(WORKFLOW)["jobs"]["repro"]["steps"]
     post = next(s for s in steps if "cml comment create" in s.get("run", ""))

@@ -19,17 +19,12 @@ from numpy.lib.stride_tricks import as_strided
 from nn.fast.threads import parallel as _parallel
 
 # Output pixels (im2col rows) per chunk of images: small enough for the chunk's buffers to stay
-# in cache, large enough that numpy's per-call overhead does not dominate. For the 32 -> 64
-# convolution of the default CNN on two threads, 2 images (784 rows, a 0.9 MB im2col buffer per
-# thread) run its forward 1.3x and its backward 1.6x faster than 10 images (4,096 rows), and
-# 1 or 3 images a little slower.
+# in cache, large enough that numpy's per-call overhead does not dominate (measured: docs/speed.md).
 CHUNK_ROWS = 1024
 
 # A narrow im2col row (kh*kw*C_in below NARROW_K numbers: a 3x3 convolution of one channel) is
 # cheap, and its chunk's time goes to numpy's per-call overhead and the threads' hand-overs of
-# the GIL: such convolutions take chunks NARROW_CHUNK_FACTOR times longer. Measured on the
-# 1 -> 32 convolution at batch 128 on two threads: forward + backward 35 ms at 2 images a chunk,
-# 19 ms at 10 (16,384 rows), 22 ms at 20.
+# the GIL: such convolutions take chunks NARROW_CHUNK_FACTOR times longer (docs/speed.md).
 NARROW_K = 64
 NARROW_CHUNK_FACTOR = 16
 

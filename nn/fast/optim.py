@@ -10,10 +10,10 @@ buffer, one half on each of the engine's threads where it is big enough
 result is bit-identical to the reference optimiser's.
 
 `FastSequential` keeps its parameters and gradients as views into flat buffers in this same
-order (`flat_order`), and the update reads and writes them in place: measured per step, the
-MLP's update 2.1 -> 1.4 ms and the CNN's 4.3 -> 2.6 ms. Parameters laid out otherwise are
-copied into buffers of the optimiser's and back, which costs more than the passes save (MLP
-2.2 ms), and cutting the passes into cache-sized blocks lost more to per-call overhead.
+order (`flat_order`), and the update reads and writes them in place, faster per step for both
+models. Parameters laid out otherwise are copied into buffers of the optimiser's and back,
+which costs more than the passes save, and cutting the passes into cache-sized blocks lost more
+to per-call overhead (the timings: docs/speed.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Threads for the engine: one worker per core, and BLAS held at one thread while they run.
 
-NN_THREADS=n caps the pool at n threads (`nn tune` gives each of its parallel trials
-cores / workers, with OPENBLAS_NUM_THREADS set alike, so that trials do not oversubscribe).
+NN_THREADS=n caps the pool at n threads, and `apply_thread_budget` BLAS's threads alike (`nn
+tune` gives each of its parallel trials cores / workers; `NN_THREADS=1 dvc queue start -j 2`
+gives each queued experiment one core), so that parallel jobs do not oversubscribe.
 
 numpy releases the GIL inside its loops and BLAS calls, so plain Python threads run im2col
 copies, matrix products and elementwise passes on all cores at once. Every split below depends
@@ -14,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import ThreadpoolController
 
+from nn.backend import DeviceError
+
 # Arrays from this many numbers up are split over the threads for elementwise work (BatchNorm,
-# pooling): those passes are memory-bound and ran 2.6x faster on two threads for BatchNorm1d
-# forward + backward on (1024, 512), where on (128, 512), the MLP's, the hand-over to the threads
-# made them 4x slower (1.13 against 0.28 ms) and on (512, 512) 1.4x.
+# pooling): those passes are memory-bound and gain from two threads on large arrays, where on
+# small ones (the MLP's) the hand-over to the threads costs more (measured: docs/speed.md).
 PARALLEL_MIN_SIZE = 1 << 19
 
 
@@ -46,6 +48,10 @@ class _Workers:
         return self.pool
 
 
+class ThreadsError(DeviceError, ValueError):
+    """NN_THREADS is not a whole number >= 1: a setting of the machine, like a device."""
+
+
 def thread_count() -> int:
     """Threads the engine may use: the cores this process may run on, capped by NN_THREADS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -53,11 +59,23 @@ def thread_count() -> int:
     if not cap:
         return cores
     if not cap.isdigit() or int(cap) < 1:
-        raise ValueError(f"NN_THREADS={cap!r}: expected a whole number of threads >= 1")
+        raise ThreadsError(f"NN_THREADS={cap!r}: expected a whole number of threads >= 1")
     return min(cores, int(cap))
 
 
 _WORKERS = _Workers()
+
+
+def apply_thread_budget() -> int:
+    """Hold this process to NN_THREADS threads, BLAS's and OpenMP's as well as the engine's
+    pool, where it is set: one job's share of the cores when several run at once
+    (`NN_THREADS=1 dvc queue start -j 2`, docs/team.md). Returns the threads the engine uses."""
+    from threadpoolctl import threadpool_limits
+
+    n = thread_count()
+    if os.environ.get("NN_THREADS", "").strip():
+        threadpool_limits(n)  # kept for the process: the job's budget
+    return n
 
 
 def parallel(part, n: int, min_per_worker: int, scratch) -> list:
@@ -65,9 +83,9 @@ def parallel(part, n: int, min_per_worker: int, scratch) -> list:
     each thread gets at least min_per_worker images; results in order. Each thread gets its own
     `scratch.sub(i)`.
 
-    Every convolution runs so, with BLAS switched to one thread meanwhile: measured 1.5x faster
-    than one thread driving 2-thread BLAS for the 32 -> 64 convolution, and 1.8x for the 1 -> 32
-    one once its chunks are long enough (`kernels.NARROW_CHUNK_FACTOR`).
+    Every convolution runs so, with BLAS switched to one thread meanwhile: faster than one
+    thread driving multi-threaded BLAS (docs/speed.md; `kernels.NARROW_CHUNK_FACTOR` for the
+    narrow ones).
     """
     pool = _WORKERS.get()
     workers = _WORKERS.size if pool is not None else 1
@@ -101,7 +119,7 @@ def uses_threads() -> bool:
 def single_threaded_blas():
     """Hold BLAS at one thread. FastSequential wraps whole passes of a model with threaded
     convolutions in this: OpenBLAS's idle threads spin for a while after each multi-threaded
-    call, and spinning next to our threads made the CNN step 1.5x slower.
+    call, and spinning next to our threads slowed the CNN step (docs/speed.md).
 
     The library's own set/get calls (through threadpoolctl's controllers) cost about 2 us,
     where `threadpool_limits` rescans the loaded libraries (25 us): this runs per layer call.

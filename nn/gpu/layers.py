@@ -7,9 +7,9 @@ and name) and overrides only `forward`/`backward`, for inputs that are CuPy arra
     (each input pixel sums its windows: no scatter-add, no atomics); the products are cuBLAS's.
     dW = colsᵀ·dout and db = Σ dout are sums over N*Ho*Wo rows (800,000 for the first layer at
     batch 512) into a few hundred numbers: as one product that is a long thin reduction the GPU
-    runs on a handful of its cores (18 ms measured on an H200), so the rows are cut into blocks,
-    each block's product runs in one batched cuBLAS call, and the blocks' sums are added
-    (`tall_grads`: 0.25 ms for that layer, measured in the same place);
+    runs on a handful of its cores, so the rows are cut into blocks, each block's product runs
+    in one batched cuBLAS call, and the blocks' sums are added (`tall_grads`; the timings:
+    docs/gpu.md);
   * MaxPool2d: one kernel for the maxima and their first-maximum offsets (int32, not a mask
     the size of the input), one for the gradient's way back;
   * ReLU's backward is one kernel instead of a compare and a multiply;

@@ -13,6 +13,40 @@ from PIL import Image, ImageDraw
 from nn.mnist.pictures import _font
 
 
+def nice_ticks(lo: float, hi: float, target: int = 5, whole: bool = False
+               ) -> list[tuple[float, str]]:
+    """(value, label) of ticks a person would draw between lo and hi: the multiples of a step of
+    1, 2 or 5 x 10^k that gives about `target` of them (at least 1 with `whole`: trial numbers,
+    epochs), labelled with the step's decimals."""
+    if not hi > lo:
+        return [(lo, f"{lo:g}")]
+    raw = (hi - lo) / target
+    k = math.floor(math.log10(raw))
+    step = min((m * 10.0 ** k for m in (1, 2, 5, 10)), key=lambda s: abs(math.log(s / raw)))
+    if whole:
+        step = max(step, 1.0)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    first = math.ceil(lo / step - 1e-9)
+    ticks = []
+    for i in range(first, math.floor(hi / step + 1e-9) + 1):
+        value = round(i * step, decimals)
+        ticks.append((value, f"{value:.{decimals}f}"))
+    return ticks
+
+
+def log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """(value, label) of the ticks of a log axis from lo to hi (> 0): every power of ten in the
+    range, and 2 and 5 times them where the range spans fewer than three decades."""
+    mantissas = (1,) if math.log10(hi / lo) >= 3 else (1, 2, 5)
+    ticks = []
+    for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in mantissas:
+            value = m * 10.0 ** k
+            if lo * (1 - 1e-9) <= value <= hi * (1 + 1e-9):
+                ticks.append((value, f"{value:.0e}" if not -2 <= k <= 3 else f"{value:g}"))
+    return ticks
+
+
 def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, title: str,
              x_label: str, y_label: str, log_x: bool = False, lines: bool | Sequence[bool] = True,
              mark_x: float | None = None, size: tuple[int, int] = (640, 400)) -> Image.Image:
@@ -44,15 +78,16 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
     d.text((left, 8), title, fill="black", font=font)
     d.text(((w - left) // 2, h - 18), x_label, fill="black", font=small)
     d.text((4, top - 18), y_label, fill="black", font=small)
-    for i in range(5):  # ticks
-        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        tx, _ = px(xv, y0)
-        _, ty = px(x0, yv)
+    whole = not log_x and all(float(x).is_integer() for _, xs, _ in series for x in xs)
+    xticks = log_ticks(10 ** x0, 10 ** x1) if log_x else nice_ticks(x0, x1, whole=whole)
+    for value, label in xticks:
+        tx, _ = px(fx(value), y0)
         d.line((tx, h - bottom, tx, h - bottom + 4), fill="black")
-        d.text((tx - 18, h - bottom + 6), f"{10 ** xv:.0e}" if log_x else f"{xv:.3g}",
-               fill="black", font=small)
+        d.text((tx - 18, h - bottom + 6), label, fill="black", font=small)
+    for value, label in nice_ticks(y0, y1):
+        _, ty = px(x0, value)
         d.line((left - 4, ty, left, ty), fill="black")
-        d.text((4, ty - 6), f"{yv:.4g}", fill="black", font=small)
+        d.text((4, ty - 6), label, fill="black", font=small)
     if mark_x is not None and (mark_x > 0 or not log_x):
         mx, _ = px(fx(mark_x), y0)
         for yy in range(top, h - bottom, 8):

@@ -516,5 +516,18 @@ def change_report(
         raise typer.Exit(EXIT_REPORT) from None
 
 
+def run() -> None:
+    """The `nn` command (pyproject's script): `app`, with a bug said to be one in one line
+    (or its traceback with NN_DEBUG=1), never dressed as bad input (nn.mnist.errors)."""
+    from nn.mnist.errors import debugging, unexpected
+
+    try:
+        app()
+    except Exception as e:  # each command turns its expected errors into one line and an exit
+        if debugging():
+            raise
+        raise unexpected("nn", e) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nn.files import DataFileError
+
 NUM_CLASSES = 100
 
 
@@ -26,7 +28,7 @@ def draw_pairs(digit_labels: np.ndarray, pair_labels: np.ndarray, rng: np.random
     order = np.argsort(digit_labels, kind="stable")                # source indices grouped by digit
     counts = np.bincount(digit_labels, minlength=10)
     if (counts == 0).any():
-        raise ValueError(f"source split lacks digit(s) {np.flatnonzero(counts == 0).tolist()}")
+        raise DataFileError(f"source split lacks digit(s) {np.flatnonzero(counts == 0).tolist()}")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     digits = np.stack([pair_labels // 10, pair_labels % 10], axis=1)   # (N, 2)
     # A uniform draw within each digit's group, in integers only: identical on every machine.

@@ -19,7 +19,7 @@ from nn import engine, optim
 from nn.augment import random_shift, random_warp
 from nn.backend import CPU, DEVICES, Device
 from nn.engine import ENGINES
-from nn.files import Array, load_npz
+from nn.files import Array, DataFileError, load_npz
 from nn.mnist.modelfile import normalize
 from nn.mnist.params import Bool, Float, Int, Params, ParamsError, Str, finite, param_error
 from nn.model import Sequential
@@ -149,7 +149,7 @@ def normalization_of(images: np.ndarray, source: str | Path) -> dict:
     std = np.sqrt(counts @ (values - mean) ** 2 / flat.size)
     norm = {"mean": float(mean / 255), "std": float(std / 255)}
     if not norm["std"] > 0:
-        raise ValueError(f"{source}: every training image pixel is the same")
+        raise DataFileError(f"{source}: every training image pixel is the same")
     return norm
 
 

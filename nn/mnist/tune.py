@@ -226,17 +226,22 @@ def check_experiments() -> None:
                         f"is missing: dvc repro (or dvc pull) first, or give --no-exp")
 
 
-def save_experiment(name: str, params: dict, metrics: dict) -> None:
-    """Save the workspace as the DVC experiment `name`, with `params` and `metrics` in DVCLive's
-    files beside it, so that `dvc exp show` lists it. One at a time on this machine: DVC
-    commits the workspace, and two saves at once would take each other's files."""
+def save_experiment(name: str, params: dict, metrics: dict, epochs: tuple[dict, ...] = ()
+                    ) -> None:
+    """Save the workspace as the DVC experiment `name`, with `params`, the `epochs` (records as
+    the train stage logs them, nn.mnist.live) and `metrics` in DVCLive's files beside it, so that
+    `dvc exp show` lists it. One at a time on this machine: DVC commits the workspace, and two
+    saves at once would take each other's files."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
-    from dvclive import Live
+
+    from nn.mnist.live import live_log, log_epoch
 
     with locked(LIVE.parent / "exp-save.lock"):
-        with Live(dir=str(LIVE), dvcyaml=str(LIVE / "dvc.yaml"), save_dvc_exp=False) as live:
+        with live_log(LIVE, dvcyaml=True) as live:
             live.log_params(params)
+            for record in epochs:
+                log_epoch(live, record)
             live.summary.update(metrics)
         try:
             with Repo() as repo:
@@ -260,7 +265,9 @@ def trial_experiment(job: Job, settings: SearchSettings, echo: Callable[[str], N
         metrics = {"state": trial.state.name.lower(), "dev_acc": dev_acc(trial),
                    "epochs": len(trial.intermediate_values)}
         try:
-            save_experiment(f"{job.study}-{trial.number:03d}", params, metrics)
+            epochs = tuple({"epoch": epoch, "dev_acc": value}
+                           for epoch, value in sorted(trial.intermediate_values.items()))
+            save_experiment(f"{job.study}-{trial.number:03d}", params, metrics, epochs)
         except TuneError as e:
             echo(f"tune: warning: {e}")
 
