@@ -668,6 +668,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], models: dict[str, Model], quiet: bool = False,
                  watch: Watch | None = None):
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.held, self.held_lock = set(), threading.Lock()  # the connections holding a slot
         self.models = models
         self.watch = watch  # the training view, or None (off)
         self.sessions = Sessions()  # "teach it": private copies of the models, per page
@@ -683,17 +684,28 @@ class Server(ThreadingHTTPServer):
         if not self.slots.acquire(timeout=Handler.timeout):
             self.refuse(request, client_address)
             return
+        with self.held_lock:
+            self.held.add(request)
         try:
             super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
+        except BaseException:  # Ctrl-C may land before or after the thread started
+            self.release_slot(request)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.release_slot(request)
+
+    def release_slot(self, request) -> None:
+        """Give back the slot `request` holds, once, whichever of its thread and the listening
+        thread gets here first (a double release is a ValueError of the BoundedSemaphore)."""
+        with self.held_lock:
+            if request not in self.held:
+                return
+            self.held.discard(request)
+        self.slots.release()
 
     def refuse(self, request, client_address) -> None:
         message = f"busy: {MAX_CONNECTIONS} connections open, try again"
