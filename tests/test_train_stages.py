@@ -3,6 +3,7 @@
 import json
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -205,7 +206,8 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
     for name, k, width in (("mlp", 10, 1), ("cnn", 100, 2)):
         out = outs[name]
         metrics = json.loads((out / "metrics.json").read_text())
-        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params"}
+        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params", "tta_views"}
+        assert metrics["tta_views"] == 1  # params.yaml's evaluate.tta_shift: 0
         assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
         per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
         assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
@@ -311,3 +313,27 @@ def test_the_normalization_from_pixel_counts_is_numpys_mean_and_std():
     assert norm["std"] == pytest.approx(expected["std"], rel=1e-12)
     with pytest.raises(ValueError, match="every training image pixel is the same"):
         normalization_of(np.full((3, 4, 4), 9, np.uint8), "train.npz")
+
+
+def test_test_time_augmentation_scores_the_mean_of_the_shifted_copies(evaluated, data, tmp_path):
+    """evaluate.tta_shift: 1 scores each image as the mean of its 9 copies moved by up to 1 px;
+    the stage's accuracy is that of those mean probabilities, computed here by hand."""
+    from nn.mnist.modelfile import load, normalize
+
+    tmp, _ = evaluated
+    params = tmp_path / "params.yaml"
+    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
+    params.write_text(repo_params.read_text().replace("tta_shift: 0", "tta_shift: 1"))
+    model = tmp / "models" / "mlp.npz"
+    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
+                                               "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["tta_views"] == 9 and "(9 views each" in result.output
+    net, info = load(model)
+    test = np.load(data / "mnist" / "test.npz")
+    images, labels = test["images"], test["labels"]
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    proba = sum(net.predict_proba(normalize(padded[:, 1 - dy:29 - dy, 1 - dx:29 - dx], info.normalization))
+                for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    assert metrics["accuracy"] == round(float((proba.argmax(axis=1) == labels).mean()), 6)
