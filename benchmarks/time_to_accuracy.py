@@ -79,7 +79,7 @@ def with_seed(text: str, model: str, k: int) -> tuple[str, int]:
 def run_one(name: str, code: Path, text: str, model: str, k: int, scratch: Path) -> dict:
     params, seed = with_seed(text, model, k)
     folder = scratch / f"{name}-{model}-{seed}"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(params)
     py = sys.executable
     train = [py, "-m", "stages.train", "--model", model, "--data", DATA[model],
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=sorted(DATA))
     ap.add_argument("--seeds", type=int, default=3, help="rounds: the pipeline's seed and the next")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "time-to-accuracy.csv")
+    ap.add_argument("--keep", type=Path, help="keep each run's folder (model, logs) under KEEP")
     args = ap.parse_args()
     done = set()
     if args.out.exists():
@@ -122,7 +123,9 @@ def main() -> None:
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(",".join(COLUMNS) + "\n")
-    with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tta-", dir=args.keep) as tmp:
         recipes = [load_recipe(spec, Path(tmp)) for spec in args.recipe]
         for name, _, text in recipes:
             for model in args.models:
@@ -134,7 +137,7 @@ def main() -> None:
                     seed = int(read_yaml_text(text)[model]["seed"]) + k
                     if (name, model, seed) in done:
                         continue
-                    row = run_one(name, code, text, model, k, Path(tmp))
+                    row = run_one(name, code, text, model, k, args.keep or Path(tmp))
                     with open(args.out, "a", newline="") as f:
                         csv.DictWriter(f, COLUMNS).writerow(row)
                     print(" ".join(f"{c}={row[c]}" for c in COLUMNS), flush=True)
