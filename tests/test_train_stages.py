@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CNN, TINY_MLP
 from nn.files import save_npz
+from nn.mnist.params import read_yaml
 from nn.mnist.modelfile import load
 from nn.mnist.params import validate
 from nn.mnist.training import TrainParams, load_split, subset, train_model
@@ -207,7 +208,8 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
         out = outs[name]
         metrics = json.loads((out / "metrics.json").read_text())
         assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params", "tta_views"}
-        assert metrics["tta_views"] == 1  # params.yaml's evaluate.tta_shift: 0
+        shift = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]["tta_shift"]
+        assert metrics["tta_views"] == (2 * shift + 1) ** 2  # params.yaml's evaluate.tta_shift
         assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
         per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
         assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
@@ -322,8 +324,7 @@ def test_test_time_augmentation_scores_the_mean_of_the_shifted_copies(evaluated,
 
     tmp, _ = evaluated
     params = tmp_path / "params.yaml"
-    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
-    params.write_text(repo_params.read_text().replace("tta_shift: 0", "tta_shift: 1"))
+    params.write_text('{"evaluate": {"tta_shift": 1}}')
     model = tmp / "models" / "mlp.npz"
     result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
                                                "--out", str(tmp_path / "out"), "--params", str(params)])
