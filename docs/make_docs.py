@@ -123,6 +123,46 @@ def _readme_results() -> str:
     return "\n".join(rows) + "\n"
 
 
+TIME_TO_ACCURACY = DOCS / "time-to-accuracy.csv"  # benchmarks/time_to_accuracy.py writes it
+
+
+def _runs() -> list[dict]:
+    """The rows of TIME_TO_ACCURACY, numbers as numbers."""
+    import csv
+
+    with open(TIME_TO_ACCURACY, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("train_seconds", "dev_acc", "test_acc", "evaluate_seconds"):
+            r[key] = float(r[key])
+    return rows
+
+
+def _recipes(model: str) -> dict[str, list[dict]]:
+    """recipe -> its runs of `model`, recipes in the order the CSV first names them."""
+    out: dict[str, list[dict]] = {}
+    for r in _runs():
+        if r["model"] == model:
+            out.setdefault(r["recipe"], []).append(r)
+    return out
+
+
+def _time_to_accuracy() -> str:
+    """Per model and recipe: the train stage's seconds and the accuracies, mean over seeds."""
+    rows = ["| model | recipe | seeds | train stage, s (min–max) | best dev | test | test per seed |",
+            "|---|---|---|---:|---:|---:|---|"]
+    for model in ("mlp", "cnn"):
+        for recipe, runs in _recipes(model).items():
+            secs = [r["train_seconds"] for r in runs]
+            dev = sum(r["dev_acc"] for r in runs) / len(runs)
+            tests = [r["test_acc"] for r in runs]
+            rows.append(
+                f"| {model} | {recipe} | {', '.join(r['seed'] for r in runs)} | "
+                f"{sum(secs) / len(secs):.1f} ({min(secs):.1f}–{max(secs):.1f}) | {dev:.2%} | "
+                f"**{sum(tests) / len(tests):.2%}** | {', '.join(f'{t:.2%}' for t in tests)} |")
+    return "\n".join(rows) + "\n"
+
+
 TEXTS = {
     "summary-cnn": lambda: _summary("cnn", (28, 56, 1)),
     "summary-mlp": lambda: _summary("mlp", (28, 28, 1)),
@@ -308,6 +348,24 @@ def figure_batchnorm() -> Image.Image:
         draw.line((0, half, im.width, half), fill=(120, 120, 120))
         panels.append(im)
     return _sheet(panels)
+
+
+def figure_time_to_accuracy() -> Image.Image:
+    """Test accuracy against the train stage's seconds, every run of every recipe, one panel
+    per model (nn.mnist.charts.xy_chart: points, one colour per recipe)."""
+    from nn.mnist.charts import xy_chart
+
+    panels = []
+    for model in ("mlp", "cnn"):
+        series = [(recipe, [r["train_seconds"] for r in runs], [100 * r["test_acc"] for r in runs])
+                  for recipe, runs in _recipes(model).items()]
+        panels.append(xy_chart(series, title=f"{model}: test accuracy against training time",
+                               x_label="train stage, seconds", y_label="test %", lines=False,
+                               size=(520, 360)))
+    sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
+    for i, p in enumerate(panels):
+        sheet.paste(p, (i * panels[0].width, 0))
+    return sheet
 
 
 FIGURES_DRAWN = {"preprocess.png": figure_preprocess, "im2col.png": figure_im2col,

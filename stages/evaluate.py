@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Literal
+
+from pydantic import Field
 
 import numpy as np
 import typer
@@ -15,7 +18,8 @@ from nn.fast.threads import apply_thread_budget
 from nn.files import Array, DataFileError, load_npz, write_together
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
-from nn.mnist.modelfile import ModelFileError, load, normalize
+from nn.mnist.modelfile import ModelFileError, load, predict_proba
+from nn.mnist.params import Int, Params, load_params
 from nn.mnist.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
 
@@ -23,10 +27,15 @@ Engine = Literal[ENGINES]
 ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
 
 
-def evaluate(model, info, images: np.ndarray, labels: np.ndarray) -> dict:
+class EvaluateParams(Params):
+    # test-time augmentation: score each image as the mean of its (2s + 1)^2 copies moved by up
+    # to s pixels each way (nn.mnist.modelfile.predict_proba); 0: the image alone
+    tta_shift: Annotated[Int, Field(ge=0, le=3)] = 0
+
+
+def evaluate(model, info, images: np.ndarray, labels: np.ndarray, tta_shift: int = 0) -> dict:
     """Everything the reports need about one model on one labelled split."""
-    x = normalize(images, info.normalization)
-    proba = model.predict_proba(x)
+    proba = predict_proba(model, images, info.normalization, tta_shift)
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
     loss, _ = softmax_cross_entropy(logits.astype(np.float64), labels)
@@ -39,6 +48,7 @@ def evaluate(model, info, images: np.ndarray, labels: np.ndarray) -> dict:
             "macro_f1": round(macro_f1(cm), 6),
             "samples": int(len(labels)),
             "params": int(model.num_params()),
+            "tta_views": (2 * tta_shift + 1) ** 2,
         },
     }
 
@@ -53,6 +63,7 @@ def main(
     out: Annotated[Path, typer.Option(
         help="Folder for metrics.json, per_class.csv, confusion.*, errors.png.")],
     engine: Annotated[Engine, typer.Option(help="Which implementation runs the model.")] = "fast",
+    params: Annotated[Path, typer.Option(help="Params file (its evaluate section).")] = Path("params.yaml"),
 ) -> None:
     import pandas as pd
 
@@ -60,6 +71,7 @@ def main(
     with fatal_errors(f"evaluate {model}", ModelFileError, DataFileError, DeviceError, OSError,
                       outputs=tuple(out / name for name in reports),
                       dvc_stage=f"evaluate@{Path(model).stem}"):
+        p = load_params(EvaluateParams, "evaluate", params)
         apply_thread_budget()  # NN_THREADS: this job's share of the cores
         net, info = load(model, engine=engine)
         k = len(info.classes) if info.classes else net.predict_proba(
@@ -70,7 +82,9 @@ def main(
         if tuple(info.input_shape) != (*images.shape[1:], 1):
             raise DataFileError(f"{model} takes {tuple(info.input_shape)} inputs, "
                              f"{data / 'test.npz'} holds {images.shape[1:]} images")
-        r = evaluate(net, info, images, labels)
+        start = time.perf_counter()
+        r = evaluate(net, info, images, labels, p.tta_shift)
+        seconds = time.perf_counter() - start
         classes = np.array(info.classes or [str(c) for c in range(k)])
 
         table = pd.DataFrame({"class": classes, **per_class(r["cm"])})
@@ -99,7 +113,8 @@ def main(
             outputs.write_bytes(out / "errors.png", png_bytes(gallery))
         m = r["metrics"]
         print(f"evaluate: {name}: accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
-              f"macro-F1 {m['macro_f1']:.4f} on {m['samples']:,} test samples -> {out}")
+              f"macro-F1 {m['macro_f1']:.4f} on {m['samples']:,} test samples "
+              f"({m['tta_views']} view{'s' * (m['tta_views'] > 1)} each, {seconds:.1f} s) -> {out}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from nn.augment import elastic_field, gaussian_matrix, random_warp
+from nn.augment import draw_maps, elastic_field, gaussian_matrix, random_warp, resample
 
 
 class Fixed:
@@ -112,3 +112,15 @@ def test_the_cpu_chunks_give_the_same_bytes_as_one_pass(monkeypatch, chunk):
     rng = np.random.default_rng(3)  # the same draws, then the pixel work as one pass
     inv, field = nn.augment.draw_maps(rng, x.shape[0], 9, 9, **{k: kw[k] for k in kw if k != "fill"})
     assert np.array_equal(chunked, nn.augment.resample(x, inv, field, -0.5))
+
+
+def test_a_batch_warped_on_the_threads_is_the_same_bytes_as_one_image_at_a_time():
+    """random_warp shares its chunks of images out over the engine's threads; each image is
+    still resampled alone, so the batch equals the images warped one by one, bit for bit."""
+    x = np.random.default_rng(3).random((300, 28, 28, 1), dtype=np.float32)  # 10 chunks of 32
+    kw = dict(rotate=8, scale=0.08, shear=8, elastic=15, elastic_sigma=4, fill=-0.4)
+    batch = random_warp(x, np.random.default_rng(5), **kw)
+    inv, field = draw_maps(np.random.default_rng(5), 300, 28, 28, 8, 0.08, 8, 15, 4)
+    alone = np.concatenate([resample(x[i:i + 1], inv[i:i + 1], field[i:i + 1], -0.4)
+                            for i in range(300)])
+    np.testing.assert_array_equal(batch, alone)

@@ -41,6 +41,7 @@ PARAMS = {
                  "sample_grid": 3},
     "mlp": {"seed": 0, "epochs": 1, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.01},
             "schedule": {"name": "constant"}, "layers": MLP},
+    "evaluate": {"tta_shift": 0},
 }
 
 
@@ -349,7 +350,7 @@ def test_bad_model_file_in_predict(tmp_path, kind):
     ({"mlp": {"scale": 1.0}}, "mlp.scale: 1.0 must be < 1"),
     ({"mlp": {"shear": float("nan")}}, "mlp.shear: nan is not a finite number"),
     ({"mlpp": PARAMS["mlp"]}, "params.yaml: unknown section 'mlpp' (known: download, prepare, "
-                              "mnist100, mlp, cnn, tune)"),
+                              "mnist100, mlp, cnn, evaluate, tune)"),
 ])
 def test_bad_params_are_one_line_naming_the_key(trained, change, message):
     params = json.loads(json.dumps(PARAMS))

@@ -3,6 +3,7 @@
 import json
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import INF, NAN, TINY_CNN, TINY_MLP, model_params, run_train
 from nn.files import save_npz
+from nn.mnist.params import read_yaml
 from nn.mnist.modelfile import load
 from nn.mnist.params import validate
 from nn.mnist.training import TrainParams, load_split, subset, train_model
@@ -165,7 +167,9 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
     for name, k, width in (("mlp", 10, 1), ("cnn", 100, 2)):
         out = outs[name]
         metrics = json.loads((out / "metrics.json").read_text())
-        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params"}
+        assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params", "tta_views"}
+        shift = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]["tta_shift"]
+        assert metrics["tta_views"] == (2 * shift + 1) ** 2  # params.yaml's evaluate.tta_shift
         assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
         per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
         assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
@@ -294,3 +298,26 @@ def test_dvclive_logs_each_epoch_and_a_failed_run_leaves_no_log(tmp_path, data, 
     assert result.exit_code == 1 and "diverged" in result.output
     assert not live.exists()  # DVCLive empties it as a run starts; the failed run's log goes
     assert out.exists()  # the stage's other outputs stay as they were (DVC removes them first)
+
+
+def test_test_time_augmentation_scores_the_mean_of_the_shifted_copies(evaluated, data, tmp_path):
+    """evaluate.tta_shift: 1 scores each image as the mean of its 9 copies moved by up to 1 px;
+    the stage's accuracy is that of those mean probabilities, computed here by hand."""
+    from nn.mnist.modelfile import load, normalize
+
+    tmp, _ = evaluated
+    params = tmp_path / "params.yaml"
+    params.write_text('{"evaluate": {"tta_shift": 1}}')
+    model = tmp / "models" / "mlp.npz"
+    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
+                                               "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["tta_views"] == 9 and "(9 views each" in result.output
+    net, info = load(model)
+    test = np.load(data / "mnist" / "test.npz")
+    images, labels = test["images"], test["labels"]
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    proba = sum(net.predict_proba(normalize(padded[:, 1 - dy:29 - dy, 1 - dx:29 - dx], info.normalization))
+                for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    assert metrics["accuracy"] == round(float((proba.argmax(axis=1) == labels).mean()), 6)

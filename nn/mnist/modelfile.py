@@ -35,6 +35,29 @@ class ModelInfo:
     sha256: str
 
 
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W) images moved down by dy and right by dx pixels (negative: up, left), the
+    background (0) coming in at the edges; a new array."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def predict_proba(net, images: np.ndarray, normalization: dict, tta_shift: int = 0) -> np.ndarray:
+    """Class probabilities of raw images (N, H, W) uint8 -> (N, classes). With tta_shift = s
+    (test-time augmentation), the mean over (2s + 1)^2 views: the images moved by every
+    (dy, dx) in [-s, s]^2, as the training's random shifts moved them."""
+    views = [(dy, dx) for dy in range(-tta_shift, tta_shift + 1)
+             for dx in range(-tta_shift, tta_shift + 1)]
+    total = None
+    for dy, dx in views:
+        p = net.predict_proba(normalize(shifted(images, dy, dx), normalization))
+        total = p if total is None else total + p
+    return total / len(views)
+
+
 def normalize(images: np.ndarray, normalization: dict) -> np.ndarray:
     """The model's input from raw images: (N, H, W) uint8 -> (N, H, W, 1) float32.
 

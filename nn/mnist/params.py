@@ -160,6 +160,7 @@ def validate(cls: type[P], data: Any, prefix: str) -> P:
 
 
 STAGE_SECTIONS = ("download", "prepare", "mnist100")  # the data stages' sections
+SCORING_SECTIONS = ("evaluate",)  # after the models': how the evaluate stages score every model
 TOOL_SECTIONS = ("tune",)  # read by `nn tune` only (nn/mnist/search_space.py checks it), never by a stage
 
 
@@ -183,14 +184,14 @@ def dataset_of(model: str, dvc_yaml: str | Path) -> str:
 
 def known_sections(path: str | Path) -> list[str] | None:
     """The top-level sections params.yaml may have: the data stages' and one per model of the
-    `models` map in the dvc.yaml beside it, then the tools'; None without a dvc.yaml (a params
-    file of its own)."""
+    `models` map in the dvc.yaml beside it, then the evaluate stages' and the tools'; None
+    without a dvc.yaml (a params file of its own)."""
     pipeline = Path(path).parent / "dvc.yaml"
     if not pipeline.is_file():
         return None
     known = list(STAGE_SECTIONS)
     known += [m for m in pipeline_models(pipeline) if m not in known]
-    return known + [t for t in TOOL_SECTIONS if t not in known]
+    return known + [t for t in SCORING_SECTIONS + TOOL_SECTIONS if t not in known]
 
 
 def load_params(cls: type[P], section: str, path: str | Path = "params.yaml") -> P:

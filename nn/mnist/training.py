@@ -84,6 +84,7 @@ class TrainParams(Params):
     shear: Annotated[Float, Field(ge=0, le=45)] = 0.0       # degrees (nn.augment.random_warp),
     elastic: Annotated[Float, Field(ge=0, le=100)] = 0.0    # and elastic distortions: scale and
     elastic_sigma: Annotated[Float, Field(gt=0, le=28)] = 4.0  # smoothness, pixels (elastic_field)
+    augment_tiles: Bool = False    # a Tiles-first network: each tile shifted and warped on its own
     clip_norm: Annotated[Float | None, Field(gt=0)] = None
     early_stopping_patience: Annotated[Int | None, Field(ge=1)] = None
     ema: Annotated[Float | None, Field(gt=0, lt=1)] = None  # decay of a moving average of the
@@ -94,14 +95,25 @@ class TrainParams(Params):
 
 
 def make_augment(p: TrainParams, background: float):
-    """The params' augmentation `(batch, rng) -> batch` (shift, then warp), or None."""
+    """The params' augmentation `(batch, rng) -> batch` (shift, then warp), or None. With
+    `augment_tiles`, a network that starts with Tiles(parts) gets each tile (an MNIST-100
+    pair's digits) shifted and warped on its own, as the network reads them."""
     if not (p.max_shift or p.rotate or p.scale or p.shear or p.elastic):
         return None
+    first = p.layers[0] if p.layers else {}
+    parts = first.get("parts", 2) if p.augment_tiles and first.get("type") == "Tiles" else 1
 
     def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+        n, h, w, c = xb.shape
+        if parts > 1:  # (N, H, parts*W, C) -> (N*parts, H, W, C), as nn.layers.Tiles cuts them
+            xb = xb.reshape(n, h, parts, w // parts, c).transpose(0, 2, 1, 3, 4)
+            xb = xb.reshape(n * parts, h, w // parts, c)
         xb = random_shift(xb, p.max_shift, gen, fill=background)
-        return random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
-                           elastic=p.elastic, elastic_sigma=p.elastic_sigma)
+        xb = random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
+                         elastic=p.elastic, elastic_sigma=p.elastic_sigma)
+        if parts > 1:  # and back to whole images
+            xb = xb.reshape(n, parts, h, w // parts, c).transpose(0, 2, 1, 3, 4).reshape(n, h, w, c)
+        return xb
 
     return augment
 
