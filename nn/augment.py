@@ -92,21 +92,15 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
         return resample(x, inv, field, fill)
     # On the CPU, a few images at a time: the pass's dozen temporaries then stay in cache
     # (a batch of 128 MNIST-100 pairs: 6.9 ms in one pass, 2.3 ms in chunks of 32 images; 128
-    # MNIST digits with the elastic field 4.0 -> 2.1 ms; 16 or 64 images were slower), and the
-    # chunks shared out over the engine's threads (nn.fast.threads.parallel_chunks). Every step
-    # is per pixel, so the result is the same bytes however the chunks are run.
-    from nn.fast.threads import parallel_chunks
-
+    # MNIST digits with the elastic field 4.0 -> 2.1 ms; 16 or 64 images were slower). The
+    # chunks shared out over two threads were slower still (256 MNIST digits: 5.35 against
+    # 4.69 ms): their many small NumPy calls queue for the GIL. Every step is per pixel, so the
+    # result is the same bytes however the chunks are run.
     out = np.empty_like(x)
     step = max(1, WARP_CHUNK_PIXELS // (h * w))
-
-    def chunks(first: int, last: int) -> None:  # chunks first..last-1, images step at a time
-        for lo in range(first * step, min(n, last * step), step):
-            hi = min(n, lo + step)
-            out[lo:hi] = resample(x[lo:hi], inv[lo:hi], None if field is None else field[lo:hi],
-                                  fill)
-
-    parallel_chunks(chunks, -(-n // step))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        out[lo:hi] = resample(x[lo:hi], inv[lo:hi], None if field is None else field[lo:hi], fill)
     return out
 
 

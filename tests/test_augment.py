@@ -114,8 +114,8 @@ def test_the_cpu_chunks_give_the_same_bytes_as_one_pass(monkeypatch, chunk):
     assert np.array_equal(chunked, nn.augment.resample(x, inv, field, -0.5))
 
 
-def test_a_batch_warped_on_the_threads_is_the_same_bytes_as_one_image_at_a_time():
-    """random_warp shares its chunks of images out over the engine's threads; each image is
+def test_a_batch_warped_in_chunks_is_the_same_bytes_as_one_image_at_a_time():
+    """random_warp resamples a batch a chunk of images at a time; each image is
     still resampled alone, so the batch equals the images warped one by one, bit for bit."""
     x = np.random.default_rng(3).random((300, 28, 28, 1), dtype=np.float32)  # 10 chunks of 32
     kw = dict(rotate=8, scale=0.08, shear=8, elastic=15, elastic_sigma=4, fill=-0.4)

@@ -110,20 +110,6 @@ def parallel_rows(part, m: int, size: int) -> list:
     return [part(0, m)]
 
 
-def parallel_chunks(part, m: int) -> None:
-    """Run part(lo, hi) over contiguous ranges of m independent chunks of NumPy work (no BLAS),
-    one range per thread when there are at least two chunks a thread: the data augmentation,
-    whose per-pixel passes are most of an MLP step's time besides its products."""
-    pool = _WORKERS.get()
-    workers = _WORKERS.size if pool is not None else 1
-    if workers > 1 and m >= 2 * workers:
-        bounds = [m * i // workers for i in range(workers + 1)]
-        for f in [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(workers)]:
-            f.result()
-    else:
-        part(0, m)
-
-
 def uses_threads() -> bool:
     """Whether convolutions run on our threads (more than one core, OpenBLAS)."""
     return _WORKERS.get() is not None
