@@ -33,9 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nn.mnist.params import read_yaml  # noqa: E402
 
 DATA = {"mlp": "data/mnist", "cnn": "data/mnist100"}  # as dvc.yaml's models map
 COLUMNS = ["recipe", "model", "seed", "train_seconds", "dev_acc", "best_epoch", "epochs_run",
@@ -144,10 +141,9 @@ def main() -> None:
 
 
 def read_yaml_text(text: str) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(text)
-        f.flush()
-        return read_yaml(Path(f.name))
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(text)
 
 
 if __name__ == "__main__":

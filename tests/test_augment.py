@@ -1,6 +1,8 @@
 """random_warp: seeded random affine maps and elastic distortions, bilinearly resampled
 (random_shift: tests/test_device.py)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -124,3 +126,22 @@ def test_a_batch_warped_in_chunks_is_the_same_bytes_as_one_image_at_a_time():
     alone = np.concatenate([resample(x[i:i + 1], inv[i:i + 1], field[i:i + 1], -0.4)
                             for i in range(300)])
     np.testing.assert_array_equal(batch, alone)
+
+
+def test_augment_tiles_warps_each_digit_as_tiles_cuts_them():
+    """`augment_tiles` on a Tiles-first network: the pair's augmentation is the tiles' own,
+    each 28x28 digit shifted and warped on its own, put back where nn.layers.Tiles took it."""
+    from nn.layers import Tiles
+    from nn.mnist.params import read_yaml, validate
+    from nn.mnist.training import TrainParams, make_augment
+
+    section = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")["cnn"]
+    tiled = validate(TrainParams, {**section, "augment_tiles": True}, "cnn")
+    whole = tiled.model_copy(update={"augment_tiles": False})
+    x = np.random.default_rng(2).random((6, 28, 56, 1), dtype=np.float32)
+    got = make_augment(tiled, -0.4)(x, np.random.default_rng(5))
+    cut = Tiles(2)
+    digits = cut.forward(x, training=True)                                   # (12, 28, 28, 1)
+    want = cut.backward(make_augment(whole, -0.4)(digits, np.random.default_rng(5)))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, make_augment(whole, -0.4)(x, np.random.default_rng(5)))
