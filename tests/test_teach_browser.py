@@ -17,8 +17,9 @@ from browserfakes import BROWSER, api, browser, draw, models, page, server, sett
 from servefakes import folder  # noqa: F401 -- a fixture
 from servefakes import params as watch_params
 
-pytestmark = pytest.mark.skipif(
-    BROWSER is None, reason="no Chromium found (apt-get install chromium, or set NN_CHROMIUM to its path)")
+# A browser test takes over 2 s (a page, drawing, the server's answers): `make test-fast` skips them.
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    BROWSER is None, reason="no Chromium found (apt-get install chromium, or set NN_CHROMIUM to its path)")]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
