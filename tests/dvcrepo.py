@@ -64,7 +64,8 @@ def dvc(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
-TINY_MODELS = {"mlp.epochs": 1, "mlp.layers": TINY_MLP, "cnn.epochs": 1, "cnn.layers": TINY_CNN}
+TINY_MODELS = {"mlp.epochs": 1, "mlp.batch_size": 128, "mlp.layers": TINY_MLP, "cnn.epochs": 1,
+               "cnn.layers": TINY_CNN}
 
 
 def git_commit(repo: Path) -> None:
