@@ -344,7 +344,9 @@ def test_a_killed_worker_fails_its_trial_and_the_command_says_so(tmp_path):
         "same command to go on" in err, err
     final = trials_of(folder)
     failed = [t for t in final if t.state.name == "FAIL"]
-    assert [t.number for t in failed] == [victim[0]], [t.state for t in final]
+    # the killed worker's trial: the one seen running, or, where that one ended (pruned) in the
+    # instant before the signal landed, the next it began
+    assert len(failed) == 1 and failed[0].number >= victim[0], [t.state for t in final]
     assert failed[0].user_attrs["worker"].endswith(f":{victim[1]}")
     assert "RUNNING" not in {t.state.name for t in final}
     table = pd.read_csv(folder / "reports" / "tune" / "mlp.csv")   # written, and whole

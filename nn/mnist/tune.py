@@ -348,9 +348,10 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
             break
 
 
-def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None]) -> None:
+def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None]) -> set[str]:
     """`workers` processes on the study, each with cores // workers threads (NN_THREADS for the
-    engine's pool, the BLAS libraries through threadpoolctl); WorkerDied if one ended badly."""
+    engine's pool, the BLAS libraries through threadpoolctl); WorkerDied if one ended badly.
+    Returns the workers' ids as their trials record them (host:pid)."""
     import dataclasses
     import json
     import signal
@@ -359,7 +360,7 @@ def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None])
 
     if workers == 1:
         work(job, 0, echo)
-        return
+        return {f"{socket.gethostname()}:{os.getpid()}"}
     threads = max(1, cores // workers)
     env = dict(os.environ, NN_THREADS=str(threads), PYTHONUNBUFFERED="1")
     spec = json.dumps({k: str(v) if isinstance(v, Path) else v
@@ -382,6 +383,7 @@ def run_workers(job: Job, workers: int, cores: int, echo: Callable[[str], None])
         raise WorkerDied(f"worker {i + 1} stopped ({how}); its trial is failed, the study is "
                          f"consistent: run the same command to go on",
                          [f"{socket.gethostname()}:{p.pid}" for _, p, _ in dead])
+    return {f"{socket.gethostname()}:{p.pid}" for p in procs}
 
 
 class WorkerDied(TuneError):
@@ -549,8 +551,9 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
          f"budget {', '.join(f'{k}={v}' for k, v in settings.budget.items()) or 'full'}")
     start = time.perf_counter()
     died = stopped = None
+    mine = None  # this run's workers: another machine's failures are its own to tell
     try:
-        run_workers(job, workers, cores, echo)
+        mine = run_workers(job, workers, cores, echo)
     except WorkerDied as e:
         died = e
         fail_trials_of(job, e.workers, str(e).partition(";")[0])
@@ -567,7 +570,9 @@ def tune(job: Job, settings: SearchSettings, tree: dict, *, workers: int, cores:
          f"{saved:.0f} s of trial time -> {', '.join(map(str, paths))}")
     if died:
         raise died
-    failed = table[(table["number"] >= first) & (table["state"] == "fail")]
+    ours = table["number"].map({t.number: mine is None or t.user_attrs.get("worker") in mine
+                                for t in study.get_trials(deepcopy=False)})
+    failed = table[(table["number"] >= first) & (table["state"] == "fail") & ours]
     why = "" if failed.empty else \
         f"trial {failed['number'].iloc[0]}: {failed['error'].iloc[0] or 'failed'}"
     if stopped:
