@@ -20,7 +20,7 @@ from nn.lrfind import lr_range_test, suggest
 from nn.mnist import search_space
 from nn.mnist.cli import app
 from nn.mnist.params import ParamsError
-from nn.mnist.tune import open_storage
+from nn.mnist.tune.study import open_storage
 from nn.optim import SGD
 
 SPACE = {
@@ -466,14 +466,15 @@ def test_the_defaults_trial_is_run_again_until_it_completes(tmp_path, monkeypatc
     """Ctrl-C during trial 0 fails it (Optuna's doing); the next command queues it again."""
     import optuna
 
-    from nn.mnist import tune
+    from nn.mnist.tune.search import make_job
+    from nn.mnist.tune.study import open_study
 
     folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1})
     monkeypatch.chdir(folder)
-    job, settings, tree = tune.make_job("mlp", Path("params.yaml"), Path("data/mnist"),
-                                        storage=None, study=None, trials=3, seed=None,
-                                        heartbeat=1, experiments=False)
-    study = tune.open_study(job, settings, tree, queue_defaults=True)
+    job, settings, tree = make_job("mlp", Path("params.yaml"), Path("data/mnist"),
+                                   storage=None, study=None, trials=3, seed=None,
+                                   heartbeat=1, experiments=False)
+    study = open_study(job, settings, tree, queue_defaults=True)
     trial = study.ask()                                      # trial 0, the defaults'
     assert trial.user_attrs["defaults"]
     study.tell(trial, state=optuna.trial.TrialState.FAIL)    # as an interrupted trial ends
@@ -492,14 +493,15 @@ def test_the_defaults_trial_is_run_again_until_it_completes(tmp_path, monkeypatc
 def test_the_defaults_trial_runs_again_in_a_study_that_is_full(tmp_path, monkeypatch):
     import optuna
 
-    from nn.mnist import tune
+    from nn.mnist.tune.search import make_job
+    from nn.mnist.tune.study import open_study
 
     folder = write_tune_folder(tmp_path, n_train=200, budget={"mlp.epochs": 1})
     monkeypatch.chdir(folder)
-    job, settings, tree = tune.make_job("mlp", Path("params.yaml"), Path("data/mnist"),
-                                        storage=None, study=None, trials=2, seed=None,
-                                        heartbeat=1, experiments=False)
-    study = tune.open_study(job, settings, tree, queue_defaults=True)
+    job, settings, tree = make_job("mlp", Path("params.yaml"), Path("data/mnist"),
+                                   storage=None, study=None, trials=2, seed=None,
+                                   heartbeat=1, experiments=False)
+    study = open_study(job, settings, tree, queue_defaults=True)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)   # the defaults', interrupted
     for _ in range(2):                                            # then the study filled up
         study.tell(study.ask(), 0.5)
@@ -535,7 +537,7 @@ def test_a_missing_postgresql_driver_names_the_team_extra(tmp_path, monkeypatch)
 def test_the_defaults_trial_is_never_pruned():
     import optuna
 
-    from nn.mnist.tune import epoch_reports
+    from nn.mnist.tune.workers import epoch_reports
 
     class Trial:  # a pruner that would stop any trial at once
         def __init__(self, defaults):
