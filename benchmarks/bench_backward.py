@@ -5,7 +5,7 @@
 
 The drawings are bench_explain.py's (MNIST-100 test pairs rendered as the page's canvas sends
 them). Each is timed in-process through what the handler runs: preprocessing, one forward and
-one backward of the reference layers (nn.mnist.explain.backward), the PNGs and the JSON text;
+one backward of the reference layers (nn.mnist.explain.trace.backward), the PNGs and the JSON text;
 then a teach request of one SGD step on it (a new private copy of the model each time, as a
 page's first lesson: the copy, two backward passes and the step). --untrained times a
 real-sized network, params.yaml's cnn.layers with fresh weights (seed 0), where no trained

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from nn.engine import build
-from nn.mnist import explain as ex
+from nn.mnist.explain.trace import reference_copy
 from nn.mnist import modelfile
 from nn.mnist.serve import Server, load_models
 from nn.mnist.training import TrainParams
@@ -178,7 +178,7 @@ def png_array(url: str) -> np.ndarray:
 
 
 def float64_copy(net: Sequential) -> Sequential:
-    copy = ex.reference_copy(net)
+    copy = reference_copy(net)
     for layer in copy.layers:
         layer.params = {k: v.astype(np.float64) for k, v in layer.params.items()}
         layer.buffers = {k: v.astype(np.float64) for k, v in layer.buffers.items()}

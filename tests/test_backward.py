@@ -1,15 +1,18 @@
-"""The backward view (nn/mnist/explain.py::backward, `POST /api/backward`, `nn explain --backward`):
+"""The backward view (nn/mnist/explain/trace.py::backward, `POST /api/backward`, `nn explain --backward`):
 each layer's gradient of one label's loss, held to a direct backward and to finite differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import servefakes
 from nn.engine import build
 from nn.losses import log_softmax, softmax_cross_entropy
-from nn.mnist import explain as ex
+from nn.mnist.explain.atlas import MATRIX_ROWS, diverging_index, grad_atlas, kernel_atlas
+from nn.mnist.explain.sheet import PAD, SHEET_WIDTH, _zoomed
+from nn.mnist.explain.trace import LAYER_DOCS, backward, reference_copy
 from nn.mnist import modelfile
 from nn.model import Sequential
 from servefakes import drawing, running_server
@@ -39,8 +42,8 @@ def test_each_layers_gradient_is_a_direct_backward(name):
     net = build(spec, rng, engine="reference")
     x = rng.normal(0, 1, (1, 28, width, 1)).astype(np.float32)
     label = 42 if width == 56 else 3
-    loss, douts, grads, dx = direct_backward(ex.reference_copy(net), x, label)
-    g = ex.backward(ex.reference_copy(net), x, label)
+    loss, douts, grads, dx = direct_backward(reference_copy(net), x, label)
+    g = backward(reference_copy(net), x, label)
     assert g.label == label and g.loss == pytest.approx(loss, rel=1e-6)
     assert len(g.douts) == len(douts) == len(net.layers)
     for i, (got, want) in enumerate(zip(g.douts, douts)):
@@ -51,7 +54,7 @@ def test_each_layers_gradient_is_a_direct_backward(name):
     np.testing.assert_array_equal(g.dinput, dx[0, :, :, 0])
     # the top class by default
     top = int(np.argmax(net.forward(x, training=False)))
-    assert ex.backward(ex.reference_copy(net), x).label == top
+    assert backward(reference_copy(net), x).label == top
 
 
 def loss_of(net: Sequential, x: np.ndarray, label: int, start: int = 0) -> float:
@@ -68,7 +71,7 @@ def test_gradients_are_finite_differences(spec, width):
     net = float64_copy(randomize_statistics(build(spec, rng), rng))
     x = rng.normal(0, 1, (1, 28, width, 1))
     label = 37 if width == 56 else 6
-    g = ex.backward(net, x, label)
+    g = backward(net, x, label)
     eps = 1e-6
     inputs = [x] + g.trace.outputs[:-1]
     for i, d in enumerate(g.douts):  # dL/d(layer i's output): nudge that output, run the rest
@@ -116,7 +119,7 @@ def backward_api(server, text: str, model: str = "cnn", query: str = "") -> tupl
 
 
 def indices(url: str) -> np.ndarray:
-    """A paletted PNG's indices (ex.PALETTE)."""
+    """A paletted PNG's indices (PALETTE, nn/mnist/explain/atlas.py)."""
     return png_array(url).astype(int)
 
 
@@ -137,10 +140,10 @@ def test_the_api_shows_a_direct_backward_layer_by_layer(server, plain_paths, mod
     for v, d, gr in zip(b["layers"], douts, grads):
         m = float(np.abs(d).max())
         assert v["max"] == pytest.approx(m, rel=1e-5) and v["shape"] == list(d.shape[1:])
-        assert v["doc"] == ex.LAYER_DOCS[v["type"]][1] and v["formula"]
+        assert v["doc"] == LAYER_DOCS[v["type"]][1] and v["formula"]
         if v["kind"] == "maps":
             for tile, url in zip(d, v["maps"], strict=True):
-                assert np.abs(indices(url) - ex.grad_atlas(tile, m).astype(int)).max() <= 1
+                assert np.abs(indices(url) - grad_atlas(tile, m).astype(int)).max() <= 1
         elif v["kind"] == "bars":
             np.testing.assert_allclose(v["values"], d, rtol=1e-3, atol=1e-3 * m)
         else:
@@ -151,17 +154,17 @@ def test_the_api_shows_a_direct_backward_layer_by_layer(server, plain_paths, mod
             assert p["max"] == pytest.approx(float(np.abs(want).max()), rel=1e-5)
             if p["kind"] == "kernels":  # each kernel's gradient beside the kernel
                 w = net.layers[v["index"]].params["W"]
-                assert np.abs(indices(p["grad"]) - ex.kernel_atlas(want, p["max"]).astype(int)).max() <= 1
-                assert np.abs(indices(p["weights"]) - ex.kernel_atlas(w, float(np.abs(w).max()))).max() <= 1
+                assert np.abs(indices(p["grad"]) - kernel_atlas(want, p["max"]).astype(int)).max() <= 1
+                assert np.abs(indices(p["weights"]) - kernel_atlas(w, float(np.abs(w).max()))).max() <= 1
             elif p["kind"] == "matrix":
-                assert np.abs(indices(p["grad"]) - ex.diverging_index(want[:, p["rows"]].T, p["max"])).max() <= 1
-                strongest = np.argsort(-np.abs(want).sum(axis=0), kind="stable")[:ex.MATRIX_ROWS]
+                assert np.abs(indices(p["grad"]) - diverging_index(want[:, p["rows"]].T, p["max"])).max() <= 1
+                strongest = np.argsort(-np.abs(want).sum(axis=0), kind="stable")[:MATRIX_ROWS]
                 assert p["rows"] == sorted(strongest.tolist())
             else:
                 np.testing.assert_allclose(p["values"], want, rtol=1e-3, atol=1e-3 * p["max"])
     m = float(np.abs(dx).max())
     assert b["input_max"] == pytest.approx(m, rel=1e-5)
-    assert np.abs(indices(b["input"]) - ex.diverging_index(dx[0, :, :, 0], m)).max() <= 1
+    assert np.abs(indices(b["input"]) - diverging_index(dx[0, :, :, 0], m)).max() <= 1
 
 
 def test_nn_explain_backward_draws_the_gradients(tmp_path):
@@ -178,16 +181,16 @@ def test_nn_explain_backward_draws_the_gradients(tmp_path):
     result = CliRunner().invoke(app, ["explain", str(image), "--model", str(path), "--backward", "--label", "42",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    sheet = np.asarray(ex.Image.open(out).convert("RGB"))
+    sheet = np.asarray(Image.open(out).convert("RGB"))
     # the last band: the input and, beside it, dL/d(input) of the loss of 42, as a direct backward draws it
     net, info = modelfile.load(path, engine="reference")
     x = preprocess(image, 56)
-    g = ex.backward(net, modelfile.normalize(x[None], info.normalization), 42)
+    g = backward(net, modelfile.normalize(x[None], info.normalization), 42)
     assert g.label == 42
-    want = np.asarray(ex._zoomed(ex.diverging_index(g.dinput, float(np.abs(g.dinput).max())), 4))
-    top, left = sheet.shape[0] - 30 - ex.PAD - want.shape[0], ex.PAD + 56 * 4 + ex.PAD
+    want = np.asarray(_zoomed(diverging_index(g.dinput, float(np.abs(g.dinput).max())), 4))
+    top, left = sheet.shape[0] - 30 - PAD - want.shape[0], PAD + 56 * 4 + PAD
     np.testing.assert_array_equal(sheet[top:top + want.shape[0], left:left + want.shape[1]], want)
-    assert sheet.shape[1] == ex.SHEET_WIDTH and sheet.shape[0] > 1000
+    assert sheet.shape[1] == SHEET_WIDTH and sheet.shape[0] > 1000
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,4 +1,4 @@
-"""The layers view (nn/mnist/explain.py): `POST /api/explain`, `GET /api/kernel` and `nn explain`."""
+"""The layers view (nn/mnist/explain/): `POST /api/explain`, `GET /api/kernel` and `nn explain`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 import servefakes
 from nn.engine import build
 from nn.layers import Layer
-from nn.mnist import explain as ex
+from nn.mnist.explain.atlas import map_atlas
+from nn.mnist.explain.sheet import PAD, SHEET_WIDTH, _inked
+from nn.mnist.explain.trace import LAYER_DOCS, explain, reference_copy
+from nn.mnist.explain.web import view_json
 from nn.mnist import modelfile
 from nn.mnist.cli import app
 from nn.model import Sequential
@@ -65,7 +68,7 @@ def test_the_api_shows_each_layers_output_of_a_direct_forward(server, model_path
         if view["kind"] == "maps":
             assert view["range"] == pytest.approx([out.min(), out.max()], rel=1e-5, abs=1e-6)
             for tile, url in zip(out, view["maps"], strict=True):
-                want = ex.map_atlas(tile, float(out.min()), float(out.max())).astype(int)
+                want = map_atlas(tile, float(out.min()), float(out.max())).astype(int)
                 assert np.abs(png_array(url).astype(int) - want).max() <= 1
         elif view["kind"] == "bars":
             np.testing.assert_allclose(view["values"], out, atol=1e-4)
@@ -79,7 +82,7 @@ def test_the_api_shows_each_layers_output_of_a_direct_forward(server, model_path
             np.testing.assert_allclose(view["scores"], out[0], atol=1e-4)
         else:
             assert view["kind"] == "flat" and view["type"] == "Flatten"
-        assert view["doc"] == ex.LAYER_DOCS[view["type"]][1]
+        assert view["doc"] == LAYER_DOCS[view["type"]][1]
     # the prediction is the same as /api/predict's (the fast engine) and the last layer's softmax
     predicted = post(server, drawing(text), model)[1]
     assert body["label"] == predicted["label"] == body["top"]
@@ -109,7 +112,7 @@ def test_saliency_is_the_gradient_by_finite_differences(spec, width):
     rng = np.random.default_rng(7)
     net = float64_copy(randomize_statistics(build(spec, rng), rng))
     x = rng.normal(0, 1, (1, 28, width, 1))
-    trace = ex.explain(net, x)
+    trace = explain(net, x)
     c = trace.top
     assert c == int(np.argmax(net.forward(x, training=False)))
     g = trace.saliency
@@ -124,9 +127,9 @@ def test_saliency_is_the_gradient_by_finite_differences(spec, width):
         assert g[i, j] == pytest.approx(numeric, rel=1e-5, abs=1e-8), (i, j)
     assert np.abs(g).max() > 0
     # the float32 pass the server runs agrees with it
-    net32 = ex.reference_copy(build(spec, np.random.default_rng(0)))
+    net32 = reference_copy(build(spec, np.random.default_rng(0)))
     net32.load_state_dict(net.state_dict())
-    g32 = ex.explain(net32, x.astype(np.float32)).saliency
+    g32 = explain(net32, x.astype(np.float32)).saliency
     np.testing.assert_allclose(g32, g, atol=1e-4 * np.abs(g).max())
 
 
@@ -147,8 +150,8 @@ class Square(Layer):
 def test_a_model_with_unknown_layers_gets_a_plain_list():
     rng = np.random.default_rng(0)
     net = Sequential([Square(), *build(servefakes.MLP_SPEC, rng, engine="reference").layers])
-    trace = ex.explain(net, rng.normal(0, 1, (1, 28, 28, 1)).astype(np.float32))
-    body = ex.view_json(trace, [str(i) for i in range(10)])
+    trace = explain(net, rng.normal(0, 1, (1, 28, 28, 1)).astype(np.float32))
+    body = view_json(trace, [str(i) for i in range(10)])
     assert body["saliency"] is None
     assert [v["kind"] for v in body["layers"]] == ["list"] * 5
     assert body["layers"][0]["type"] == "Square" and body["layers"][-1]["shape"] == [10]
@@ -190,13 +193,13 @@ def test_nn_explain_writes_the_sheet(model_paths, tmp_path):
     result = CliRunner().invoke(app, ["explain", str(image), "--model", str(model_paths["cnn"]), "--out", str(out)])
     assert result.exit_code == 0, result.output
     sheet = Image.open(out)
-    assert sheet.width == ex.SHEET_WIDTH and sheet.height > 600
+    assert sheet.width == SHEET_WIDTH and sheet.height > 600
     assert result.output.endswith(f"sheet: {out} ({sheet.width}x{sheet.height})\n")
     # the input, black on white at 4x, where the sheet puts it
     from nn.mnist.preprocess import preprocess
-    want = np.asarray(ex._inked(preprocess(image, 56), 4))
-    top = ex.PAD + 24 + 18
-    got = np.asarray(sheet.convert("RGB"))[top:top + want.shape[0], ex.PAD:ex.PAD + want.shape[1]]
+    want = np.asarray(_inked(preprocess(image, 56), 4))
+    top = PAD + 24 + 18
+    got = np.asarray(sheet.convert("RGB"))[top:top + want.shape[0], PAD:PAD + want.shape[1]]
     np.testing.assert_array_equal(got, want)
 
 
@@ -227,19 +230,19 @@ def test_nn_explain_out_is_not_overwritten_without_force_and_takes_its_extension
     image.write_bytes(drawing("71"))
     runner = CliRunner()
 
-    def explain(out, *more):
+    def nn_explain(out, *more):
         return runner.invoke(app, ["explain", str(image), "--model", str(model_paths["cnn"]), "--out", str(out), *more])
 
     mine = tmp_path / "mine.png"
     mine.write_bytes(b"my own picture")
-    result = explain(mine)
+    result = nn_explain(mine)
     assert result.exit_code == 1 and result.output == f"error: {mine}: exists; --out does not overwrite files without --force\n"
     assert mine.read_bytes() == b"my own picture"
-    assert explain(mine, "--force").exit_code == 0 and Image.open(mine).format == "PNG"
+    assert nn_explain(mine, "--force").exit_code == 0 and Image.open(mine).format == "PNG"
     for name, form in (("sheet.jpg", "JPEG"), ("sheet.JPEG", "JPEG"), ("sheet.webp", "WEBP")):
-        assert explain(tmp_path / name).exit_code == 0 and Image.open(tmp_path / name).format == form
+        assert nn_explain(tmp_path / name).exit_code == 0 and Image.open(tmp_path / name).format == form
     for name, ext in (("sheet.txt", "'.txt'"), ("sheet", "'a name without an extension'")):
-        result = explain(tmp_path / name)
+        result = nn_explain(tmp_path / name)
         assert result.exit_code == 1 and result.output.startswith(
             f"error: {tmp_path / name}: cannot write a picture as {ext} (give one of ") and ".png" in result.output
         assert not (tmp_path / name).exists()

@@ -105,16 +105,16 @@ def test_checkpoint_round_trip(name, engine, tmp_path):
 def test_the_layers_view_covers_it(name):
     """nn serve's layers view and nn explain: maps or bars (not the plain list of a layer it
     does not know) and the saliency (backward through a known forward) for every layer."""
-    from nn.mnist import explain
+    from nn.mnist.explain import trace
 
-    assert issubclass(LAYERS[name], explain.CACHED + explain.SCALED), \
-        f"{name}: in neither explain.CACHED nor explain.SCALED: no saliency through it"
-    assert name in explain.LAYER_DOCS, f"{name}: no formula and page in explain.LAYER_DOCS"
+    assert issubclass(LAYERS[name], trace.CACHED + trace.SCALED), \
+        f"{name}: in neither explain.trace.CACHED nor explain.trace.SCALED: no saliency through it"
+    assert name in trace.LAYER_DOCS, f"{name}: no formula and page in explain.trace.LAYER_DOCS"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_its_page_in_the_guide_names_it(name):
-    from nn.mnist.explain import LAYER_DOCS
+    from nn.mnist.explain.trace import LAYER_DOCS
 
     page = DOCS / LAYER_DOCS[name][1]
     assert page.is_file(), f"{name}: {page} is missing"

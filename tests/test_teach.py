@@ -13,7 +13,7 @@ import pytest
 import servefakes
 from nn.losses import softmax_cross_entropy
 from nn.mnist import modelfile
-from nn.mnist.explain import kernel_atlas
+from nn.mnist.explain.atlas import kernel_atlas
 from nn.mnist import serve as web
 from servefakes import drawing, running_server
 from servefakes import BAD_POSTS, png_array, raw, request

@@ -206,7 +206,7 @@ def explain(
     import sys
 
     from nn.files import write_bytes
-    from nn.mnist.explain import LabelError, explain_file
+    from nn.mnist.explain.sheet import LabelError, explain_file
     from nn.mnist.modelfile import ModelFileError
     from nn.mnist.preprocess import ImageError
 

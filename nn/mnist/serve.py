@@ -53,7 +53,9 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-from nn.mnist import explain as explaining
+from nn.mnist.explain import trace as explaining
+from nn.mnist.explain.atlas import kernel_atlas, paletted
+from nn.mnist.explain.web import backward_json, data_url, kernel_json, view_json
 from nn.mnist.classify import Classifier, load_classifier, prediction_json, rank
 from nn.mnist import modelfile
 from nn.mnist.modelfile import ModelFileError
@@ -217,9 +219,9 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         else:
             top = rank(m.classifier, x[None], top_k)[0]
     if backward:
-        view = explaining.backward_json(grad, m.classifier.classes)
+        view = backward_json(grad, m.classifier.classes)
     elif explain:
-        view = explaining.view_json(trace, m.classifier.classes)
+        view = view_json(trace, m.classifier.classes)
     if diag.touches_edge:
         warnings.append("the ink touches the edge of the image: part of a digit may be cut off")
     if diag.split == "halves":
@@ -228,7 +230,7 @@ def predict(models: dict[str, Model], image: bytes, model: str, top_k, explain: 
         "model": model,
         **prediction_json(top),
         "diagnostics": {
-            "input": explaining.data_url(Image.fromarray(x)),
+            "input": data_url(Image.fromarray(x)),
             "input_shape": list(x.shape),
             "size": list(diag.size),
             "boxes": [list(b) for b in diag.boxes],
@@ -336,7 +338,7 @@ def _summary(grad: explaining.Gradients, classes: list[str], top_k: int = DEFAUL
 
 
 def _kernel_picture(w: np.ndarray, scale: float) -> str:
-    return explaining.data_url(explaining.paletted(explaining.kernel_atlas(w, scale)))
+    return data_url(paletted(kernel_atlas(w, scale)))
 
 
 def _kernels_changed(net: Sequential, before: dict[int, np.ndarray]) -> list[dict]:
@@ -388,7 +390,7 @@ def teach(models: dict[str, Model], sessions: Sessions, image: bytes, model, lab
                 "taught": live.steps, "expires_in": sessions.ttl, "before": before,
                 "after": _summary(grad, classes), "losses": losses,
                 "kernels": _kernels_changed(live.net, kernels),
-                "diagnostics": {"input": explaining.data_url(Image.fromarray(x)), "input_shape": list(x.shape)}}
+                "diagnostics": {"input": data_url(Image.fromarray(x)), "input_shape": list(x.shape)}}
 
 
 def kernel(models: dict[str, Model], query: dict) -> dict:
@@ -398,7 +400,7 @@ def kernel(models: dict[str, Model], query: dict) -> dict:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown model {model!r} (known: {', '.join(models)})")
     numbers = {name: integer(_option(query, {}, name, ""), name, 0) for name in ("layer", "channel")}
     try:
-        return {"model": model, **explaining.kernel_json(models[model].reference, **{
+        return {"model": model, **kernel_json(models[model].reference, **{
             "index": numbers["layer"], "channel": numbers["channel"]})}
     except ValueError as e:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None

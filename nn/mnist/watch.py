@@ -55,7 +55,8 @@ def _run(folder: Path, params, steps: int, every: int, out, stop) -> None:
 
     from nn.layers import Conv2d
     from nn.losses import softmax
-    from nn.mnist.explain import data_url, kernel_atlas, paletted
+    from nn.mnist.explain.atlas import kernel_atlas, paletted
+    from nn.mnist.explain.web import data_url
     from nn.mnist.modelfile import normalize
     from nn.mnist.training import load_split, start_run, subset
     from nn.schedules import make_schedule
