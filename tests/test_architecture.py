@@ -122,14 +122,11 @@ def test_importing_every_module_of_nn_leaves_the_pipeline_unloaded():
     assert proc.returncode == 0, proc.stderr
 
 
-# A test module imports helpers (conftest, layertable, dvcrepo, datafakes, servefakes), never
-# another test module: running or changing one file does not drag in another's tests. The one
-# exception waits for nn/mnist/tune.py's split (issue 31), which moves its helpers too.
-TEST_IMPORTS_ALLOWED = {"test_tune_dvc": {"test_tune"}}
-
-
+# A test module imports helpers (conftest, layertable, dvcrepo, datafakes, servefakes,
+# tunefakes), never another test module: running or changing one file does not drag in another's
+# tests.
 @pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("test_*.py")), ids=lambda p: p.stem)
 def test_no_test_module_imports_another(path):
     imported = {name.split(".")[0] for _, name in imported_modules(path, package="")}
-    others = {m for m in imported if m.startswith("test_")} - TEST_IMPORTS_ALLOWED.get(path.stem, set())
+    others = {m for m in imported if m.startswith("test_")}
     assert not others, f"{path.name} imports {sorted(others)}: move what it needs to a helper module"

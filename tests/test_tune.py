@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import TINY_MLP
 from nn import engine
 from nn.fast import threads
 from nn.lrfind import lr_range_test, suggest
@@ -22,6 +23,7 @@ from nn.mnist.cli import app
 from nn.mnist.params import ParamsError
 from nn.mnist.tune.study import open_storage
 from nn.optim import SGD
+from tunefakes import SLOW_BUDGET, mid_trial, toy_data, write_tune_folder
 
 SPACE = {
     "mlp.optimizer.lr": {"log_uniform": [1e-4, 1e-1]},
@@ -29,9 +31,6 @@ SPACE = {
     "mlp.max_shift": {"int_uniform": [0, 3]},
     "mlp.layers.1.out_features": {"choice": [16, 32], "also": ["mlp.layers.4.in_features"]},
 }
-MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 32},
-       {"type": "ReLU"}, {"type": "Dropout", "p": 0.1},
-       {"type": "Linear", "in_features": 32, "out_features": 10}]
 
 
 def space(**changes):
@@ -78,7 +77,7 @@ def test_a_bad_distribution_names_its_key(tmp_path, dist, message):
 
 
 def write_params(tmp_path, space, **settings):
-    params = {"mlp": {"optimizer": {"name": "adam", "lr": 0.01}, "max_shift": 1, "layers": MLP},
+    params = {"mlp": {"optimizer": {"name": "adam", "lr": 0.01}, "max_shift": 1, "layers": TINY_MLP},
               "tune": {"mlp": {"trials": 2, "space": space, **settings}}}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     return tmp_path / "params.yaml"
@@ -107,17 +106,9 @@ def test_list_items_are_reached_by_index_and_set_on_a_copy(tmp_path):
     assert tree["mlp"]["layers"][3]["p"] == 0.1
 
 
-def toy_data(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.normal(0, 1, (n, 28, 28, 1)).astype(np.float32)
-    x[np.arange(n), 2 + 2 * y, :, 0] += 3                  # a learnable row per label
-    return x, y
-
-
 def test_the_lr_finder_rises_exponentially_and_stops_when_the_loss_explodes():
     x, y = toy_data()
-    net = engine.build(MLP, np.random.default_rng(0))
+    net = engine.build(TINY_MLP, np.random.default_rng(0))
     records = lr_range_test(net, SGD(1.0, momentum=0.9), x, y, rng=np.random.default_rng(0),
                             min_lr=1e-4, max_lr=1e4, steps=100, batch_size=32)
     lrs = np.array([r["lr"] for r in records])
@@ -128,7 +119,7 @@ def test_the_lr_finder_rises_exponentially_and_stops_when_the_loss_explodes():
     lr, rule = suggest(records)
     low = min(records[:-1], key=lambda r: r["smoothed"])
     assert lr == pytest.approx(low["lr"] / 10) and "a tenth" in rule
-    again = lr_range_test(engine.build(MLP, np.random.default_rng(0)), SGD(1.0, momentum=0.9), x, y,
+    again = lr_range_test(engine.build(TINY_MLP, np.random.default_rng(0)), SGD(1.0, momentum=0.9), x, y,
                           rng=np.random.default_rng(0), min_lr=1e-4, max_lr=1e4, steps=100,
                           batch_size=32)
     assert [r["loss"] for r in again] == [r["loss"] for r in records]
@@ -143,7 +134,7 @@ def test_nn_lr_find_writes_csv_png_and_a_suggestion(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("vars:\n  - models: {mlp: mnist}\nstages: {}\n")
     (tmp_path / "params.yaml").write_text(json.dumps({"mlp": {
         "seed": 0, "epochs": 1, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.01},
-        "schedule": {"name": "constant"}, "max_shift": 1, "layers": MLP}}))
+        "schedule": {"name": "constant"}, "max_shift": 1, "layers": TINY_MLP}}))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["lr-find", "mlp", "--steps", "60", "--min-lr", "1e-5",
                                       "--max-lr", "10"])
@@ -154,8 +145,6 @@ def test_nn_lr_find_writes_csv_png_and_a_suggestion(tmp_path, monkeypatch):
     assert (tmp_path / "reports" / "lr-find" / "mlp.png").read_bytes()[:4] == b"\x89PNG"
     result = CliRunner().invoke(app, ["lr-find", "cnn"])
     assert result.exit_code == 1 and "error: dvc.yaml: no model 'cnn' in vars.models" in result.output
-
-
 
 
 def test_nn_threads_caps_the_engine_pool(monkeypatch):
@@ -169,30 +158,6 @@ def test_nn_threads_caps_the_engine_pool(monkeypatch):
 
 
 # -- nn tune end to end, on toy data in a folder of its own (no DVC experiments: --no-exp) ------
-
-TUNE_MLP = {"seed": 0, "epochs": 10, "batch_size": 64, "optimizer": {"name": "adam", "lr": 0.01},
-            "schedule": {"name": "constant"}, "layers": MLP}
-TUNE_SPACE = {"mlp.optimizer.lr": {"log_uniform": [1e-5, 0.1]},
-              "mlp.layers.1.out_features": {"choice": [16, 32], "also": ["mlp.layers.4.in_features"]}}
-
-
-def write_tune_folder(folder: Path, space=None, n_train=600, test=True, **settings) -> Path:
-    """data/mnist/{train,dev[,test]}.npz of toy digits, a dvc.yaml naming the dataset, and a
-    params.yaml with a small MLP and its tune section."""
-    from nn.files import save_npz
-
-    for split, n, seed in (("train", n_train, 0), ("dev", 200, 1), ("test", 200, 2)):
-        if split == "test" and not test:
-            continue
-        x, y = toy_data(n, seed)
-        save_npz(folder / "data" / "mnist" / f"{split}.npz",
-                 images=np.clip(x[..., 0] * 40 + 60, 0, 255).astype(np.uint8),
-                 labels=y.astype(np.uint8))
-    (folder / "dvc.yaml").write_text("vars:\n  - models: {mlp: mnist}\nstages: {}\n")
-    tune = {"trials": 4, "seed": 0, "budget": {"mlp.epochs": 3}, "space": TUNE_SPACE if space is None else space,
-            **settings}
-    (folder / "params.yaml").write_text(json.dumps({"mlp": TUNE_MLP, "tune": {"mlp": tune}}))
-    return folder
 
 
 def nn_tune(folder: Path, *args: str):
@@ -303,15 +268,6 @@ def trials_of(folder: Path, study: str = "tune-mlp"):
         raise KeyError(study)
     storage = open_storage(f"sqlite:///{folder}/.nn-tune/studies.db", heartbeat=1)
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-
-
-# Trials long enough that a signal sent between two epochs lands inside the trial.
-SLOW_BUDGET = {"mlp.epochs": 8, "mlp.layers.1.out_features": 256, "mlp.layers.4.in_features": 256}
-
-
-def mid_trial(trial) -> bool:
-    """Whether a running trial has reported an epoch and has more than one to go."""
-    return 1 <= len(trial.intermediate_values) < SLOW_BUDGET["mlp.epochs"] - 1
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 
 from dvcrepo import TINY_MODELS, copy_repo, dvc, fake_download, git_commit, set_params
 from nn.mnist.tune.study import open_storage
-from test_tune import SLOW_BUDGET, mid_trial, write_tune_folder
+from tunefakes import SLOW_BUDGET, mid_trial, write_tune_folder
 
 pytestmark = pytest.mark.slow
 
