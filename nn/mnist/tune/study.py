@@ -64,8 +64,11 @@ def open_storage(url: str, heartbeat: float):
                             f"({missing}){extra}") from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
             reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            # two workers creating the tables of a new database at once: one of them loses
-            if "already exists" not in str(e) or attempt == 2:
+            # two processes creating the tables of a new database at once (two workers, or a
+            # worker and a reader): one of them loses, with a table that already exists or a
+            # second row in alembic_version (an IntegrityError), and tries again
+            lost_race = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+            if not lost_race or attempt == 2:
                 raise TuneError(f"storage {safe_url(url)}: {reason}") from None
             time.sleep(1)
 
