@@ -63,44 +63,52 @@ def elastic_field(rng: np.random.Generator, n: int, h: int, w: int, alpha: float
     """Simard et al. (2003)'s elastic distortion: (N, 2, H, W) pixel displacements (rows,
     columns), each a field of U[-1, 1] noise smoothed by a Gaussian of std `sigma` pixels and
     scaled by `alpha`. Small sigma gives random jitter; large sigma, nearly a translation."""
-    noise = rng.random((n, 2, h, w), dtype=np.float32) * 2 - 1
-    gy, gx = (alpha * gaussian_matrix(h, sigma)).astype(np.float32), gaussian_matrix(w, sigma).T
-    return gy @ noise @ gx.astype(np.float32)
+    u = rng.random((n, 2, h, w), dtype=np.float32)      # U[0, 1); the noise is 2u - 1
+    gy, gx = alpha * gaussian_matrix(h, sigma), gaussian_matrix(w, sigma).T
+    # Gy (2u - 1) Gx = 2 Gy u Gx - (Gy 1)(1ᵀ Gx): the constant term is one H x W matrix, taken
+    # from the products once rather than a pass over the noise to shift it
+    field = (2 * gy).astype(np.float32) @ u @ gx.astype(np.float32)
+    field -= np.outer(gy.sum(axis=1), gx.sum(axis=0)).astype(np.float32)
+    return field
 
 
 def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, scale: float = 0.0,
                 shear: float = 0.0, fill: float = 0.0, elastic: float = 0.0,
-                elastic_sigma: float = 4.0) -> np.ndarray:
-    """Each image through its own random affine map about its centre, then its own elastic
-    distortion, bilinearly resampled.
+                elastic_sigma: float = 4.0, max_shift: int = 0) -> np.ndarray:
+    """Each image moved by its own whole-pixel shift, through its own random affine map about
+    its centre, then its own elastic distortion, bilinearly resampled in one pass.
 
     x: (N, H, W, C) -> (N, H, W, C), a new array. Per image, drawn on the host from `rng` (so a
-    seed gives the same maps on every device): a rotation by θ ~ U[-rotate, rotate] degrees, a
+    seed gives the same maps on every device): a shift (dy, dx) in [-max_shift, max_shift]^2
+    (drawn first, as `random_shift` draws it), a rotation by θ ~ U[-rotate, rotate] degrees, a
     scale s ~ U[1 - scale, 1 + scale] and a horizontal shear by φ ~ U[-shear, shear] degrees.
     The forward map is A = R(θ) · [[1, 0], [tan φ, 1]] · s (on (row, column) offsets from the
-    centre); each output pixel reads the input at A⁻¹ of its offset, moved by the pixel's
-    displacement from `elastic_field(alpha=elastic, sigma=elastic_sigma)` when `elastic` > 0,
-    interpolated from its four neighbours, with `fill` (the background) outside the image.
+    centre); each output pixel reads the shifted input at A⁻¹ of its offset, moved by the
+    pixel's displacement from `elastic_field(alpha=elastic, sigma=elastic_sigma)` when
+    `elastic` > 0, interpolated from its four neighbours, with `fill` (the background) outside
+    the image. The shift is folded into the resampling (the input read at that point minus
+    (dy, dx)); with no warp it is `random_shift`, a copy.
     """
     if not (rotate or scale or shear or elastic):
-        return x
+        return random_shift(x, max_shift, rng, fill)
     xp = array_module(x)
     n, h, w = x.shape[:3]
+    shift = rng.integers(-max_shift, max_shift + 1, size=(n, 2)) if max_shift else None
     inv, field = draw_maps(rng, n, h, w, rotate, scale, shear, elastic, elastic_sigma)
     inv, field = xp.asarray(inv), None if field is None else xp.asarray(field)
+    shift = None if shift is None else xp.asarray(shift.astype(np.float32))
     if xp is not np:  # on a GPU, one pass over the whole batch: few kernel launches
-        return resample(x, inv, field, fill)
-    # On the CPU, a few images at a time: the pass's dozen temporaries then stay in cache
-    # (a batch of 128 MNIST-100 pairs: 6.9 ms in one pass, 2.3 ms in chunks of 32 images; 128
-    # MNIST digits with the elastic field 4.0 -> 2.1 ms; 16 or 64 images were slower). The
-    # chunks shared out over two threads were slower still (256 MNIST digits: 5.35 against
-    # 4.69 ms): their many small NumPy calls queue for the GIL. Every step is per pixel, so the
-    # result is the same bytes however the chunks are run.
+        return resample(x, inv, field, fill, shift)
+    # On the CPU, a few images at a time: the pass's temporaries then stay in cache
+    # (benchmarks/README.md). The chunks shared out over two threads were slower: their
+    # many small NumPy calls queue for the GIL. Every step is per pixel, so the result is the
+    # same bytes however the chunks are run.
     out = np.empty_like(x)
     step = max(1, WARP_CHUNK_PIXELS // (h * w))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        out[lo:hi] = resample(x[lo:hi], inv[lo:hi], None if field is None else field[lo:hi], fill)
+        out[lo:hi] = resample(x[lo:hi], inv[lo:hi], None if field is None else field[lo:hi], fill,
+                              None if shift is None else shift[lo:hi])
     return out
 
 
@@ -125,37 +133,60 @@ def draw_maps(rng: np.random.Generator, n: int, h: int, w: int, rotate: float, s
 WARP_CHUNK_PIXELS = 32 * 28 * 28
 
 
-def resample(x, inv, field, fill: float):
+def resample(x, inv, field, fill: float, shift=None):
     """Bilinear resampling of each image at A⁻¹ of each output pixel's offset from the centre,
-    plus its displacement: the pixel work of `random_warp`, on any array module.
+    plus its displacement, minus its image's shift: the pixel work of `random_warp`, on any
+    array module.
 
     x: (N, H, W, C); inv: (N, 2, 2) float32, A⁻¹ per image; field: (N, 2, H, W) displacements
-    (rows, columns) or None -> (N, H, W, C), `fill` where a pixel reads from outside the image.
+    (rows, columns) or None; shift: (N, 2) float32 (rows, columns) or None -> (N, H, W, C),
+    `fill` where a pixel reads from outside the image.
     """
     xp = array_module(x)
-    n, h, w = x.shape[:3]
+    n, h, w, c = x.shape
+    hp, wp = h + 3, w + 3  # the images padded with the fill: 1 row and column before, 2 after
     cy, cx = (h - 1) / 2, (w - 1) / 2
     dy = (xp.arange(h, dtype=np.float32) - cy)[None, :, None]                # (1, H, 1)
     dx = (xp.arange(w, dtype=np.float32) - cx)[None, None, :]                # (1, 1, W)
-    src_y = inv[:, 0, 0, None, None] * dy + inv[:, 0, 1, None, None] * dx + cy   # (N, H, W)
-    src_x = inv[:, 1, 0, None, None] * dy + inv[:, 1, 1, None, None] * dx + cx
+    src_y = inv[:, 0, 0, None, None] * dy + inv[:, 0, 1, None, None] * dx    # (N, H, W)
+    src_x = inv[:, 1, 0, None, None] * dy + inv[:, 1, 1, None, None] * dx
     if field is not None:
-        src_y, src_x = src_y + field[:, 0], src_x + field[:, 1]
-    # Pad with the fill (1 before, 2 after) and clamp the source to [-1, H] x [-1, W]: a pixel
-    # that lands outside then reads only fill, and every tap is inside the padded image.
-    hp, wp = h + 3, w + 3
-    padded = xp.full((n, hp, wp, x.shape[3]), fill, x.dtype)
-    padded[:, 1:h + 1, 1:w + 1] = x
-    padded = padded.reshape(n * hp * wp, -1)                                 # (N*Hp*Wp, C)
-    src_y, src_x = src_y.clip(-1, h), src_x.clip(-1, w)
+        src_y += field[:, 0]
+        src_x += field[:, 1]
+    if shift is None:  # from the centre into the padded image
+        src_y += cy + 1
+        src_x += cx + 1
+    else:
+        src_y += (cy + 1 - shift[:, 0])[:, None, None]
+        src_x += (cx + 1 - shift[:, 1])[:, None, None]
+    # Clamped to [0, H + 1] x [0, W + 1]: a pixel that lands outside the image then reads only
+    # fill, and every tap is inside the padded image.
+    xp.clip(src_y, 0, h + 1, out=src_y)
+    xp.clip(src_x, 0, w + 1, out=src_x)
     y0, x0 = xp.floor(src_y), xp.floor(src_x)
     fy, fx = (src_y - y0).reshape(-1, 1), (src_x - x0).reshape(-1, 1)      # (N*H*W, 1)
-    base = ((y0.astype(np.intp) + 1) * wp + x0.astype(np.intp) + 1
-            + (xp.arange(n, dtype=np.intp) * (hp * wp))[:, None, None]).reshape(-1)
+    y0 *= wp
+    y0 += x0  # the top-left tap's place in its padded image, exact in float32
+    base = y0.astype(np.intp)
+    base += (xp.arange(n, dtype=np.intp) * (hp * wp))[:, None, None]
+    base = base.reshape(-1)
+    padded = xp.full((n, hp, wp, c), fill, x.dtype)
+    padded[:, 1:h + 1, 1:w + 1] = x
+    padded = padded.reshape(n * hp * wp, c)                                 # (N*Hp*Wp, C)
 
-    def tap(offset):  # the padded images at base + offset: (N*H*W, C)
-        return xp.take(padded, base + offset, axis=0)
+    def tap(offset):  # the padded images at base + offset: (N*H*W, C); one index array for all
+        return xp.take(padded[offset:], base, axis=0)
 
-    top = tap(0) * (1 - fx) + tap(1) * fx
-    bottom = tap(wp) * (1 - fx) + tap(wp + 1) * fx
-    return (top * (1 - fy) + bottom * fy).reshape(x.shape).astype(x.dtype, copy=False)
+    # each lerp a + (b - a) f, in place on the fresh gathers
+    top, right = tap(0), tap(1)
+    right -= top
+    right *= fx
+    top += right
+    bottom, right = tap(wp), tap(wp + 1)
+    right -= bottom
+    right *= fx
+    bottom += right
+    bottom -= top
+    bottom *= fy
+    top += bottom
+    return top.reshape(x.shape)

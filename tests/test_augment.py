@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nn.augment import draw_maps, elastic_field, gaussian_matrix, random_warp, resample
+from nn.augment import (draw_maps, elastic_field, gaussian_matrix, random_shift, random_warp,
+                        resample)
 
 
 class Fixed:
@@ -99,6 +100,22 @@ def test_the_elastic_field_moves_pixels_after_the_affine_map():
     plain = random_warp(x, np.random.default_rng(5), rotate=5, fill=-0.5)
     assert not np.allclose(random_warp(x, np.random.default_rng(5), rotate=5, elastic=20, fill=-0.5),
                            plain)
+
+
+def test_the_shift_folded_into_the_warp_is_the_shift_then_the_warp():
+    """random_warp(max_shift=s) draws the shifts first, as random_shift does, and moves each
+    image by its shift inside the one resampling: the same as random_shift then random_warp on
+    the same generator, for images whose border (more than s px) is background, as MNIST's is."""
+    x = images((20, 16, 16, 1))
+    x[:, :3], x[:, -3:], x[:, :, :3], x[:, :, -3:] = -0.5, -0.5, -0.5, -0.5
+    kw = dict(rotate=10, scale=0.1, shear=5, elastic=2, elastic_sigma=2, fill=-0.5)
+    folded = random_warp(x, np.random.default_rng(4), max_shift=2, **kw)
+    rng = np.random.default_rng(4)
+    np.testing.assert_allclose(folded, random_warp(random_shift(x, 2, rng, fill=-0.5), rng, **kw),
+                               atol=1e-5)
+    assert not np.allclose(folded, random_warp(x, np.random.default_rng(4), **kw), atol=1e-3)
+    only = random_warp(x, np.random.default_rng(4), max_shift=2, fill=-0.5)  # no warp: a copy
+    np.testing.assert_array_equal(only, random_shift(x, 2, np.random.default_rng(4), fill=-0.5))
 
 
 @pytest.mark.parametrize("chunk", [1, 9 * 9 * 4, 10 ** 9])

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field
 from tqdm import tqdm
 
 from nn import engine, optim
-from nn.augment import random_shift, random_warp
+from nn.augment import random_warp
 from nn.backend import CPU, DEVICES, Device
 from nn.engine import ENGINES
 from nn.files import Array, DataFileError, load_npz
@@ -108,9 +108,8 @@ def make_augment(p: TrainParams, background: float):
         if parts > 1:  # (N, H, parts*W, C) -> (N*parts, H, W, C), as nn.layers.Tiles cuts them
             xb = xb.reshape(n, h, parts, w // parts, c).transpose(0, 2, 1, 3, 4)
             xb = xb.reshape(n * parts, h, w // parts, c)
-        xb = random_shift(xb, p.max_shift, gen, fill=background)
         xb = random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
-                         elastic=p.elastic, elastic_sigma=p.elastic_sigma)
+                         elastic=p.elastic, elastic_sigma=p.elastic_sigma, max_shift=p.max_shift)
         if parts > 1:  # and back to whole images
             xb = xb.reshape(n, parts, h, w // parts, c).transpose(0, 2, 1, 3, 4).reshape(n, h, w, c)
         return xb
