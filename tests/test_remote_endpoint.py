@@ -159,6 +159,38 @@ def test_a_refused_connection_is_unreachable(repo):
                                   f"reach the endpoint http://127.0.0.1:{port} ("), proc.stderr
 
 
+@pytest.mark.parametrize("action", ["pull", "push"])
+def test_an_endpoint_that_refuses_during_the_transfer_is_named_from_botocores_exception(
+        repo, monkeypatch, action):
+    """Where the check passes (or has no endpoint to ask: the cloud's own) and the transfer then
+    cannot connect, the reason is botocore's EndpointConnectionError, which DVC raises or logs;
+    DVC's log and the process's streams are as they were afterwards."""
+    import logging
+    import shutil
+
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    set_endpoint(repo, f"http://127.0.0.1:{port}")
+    for key, value in (("access_key_id", "id"), ("secret_access_key", "secret")):
+        subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", "storage",
+                        key, value], cwd=repo, check=True)
+    (repo / "a.txt").write_text("a")
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "a.txt"], cwd=repo, check=True)
+    if action == "pull":
+        shutil.rmtree(repo / ".dvc" / "cache")  # a.txt is then on the remote only
+    monkeypatch.setattr(Remote, "check_endpoint", lambda self: None)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would take 12 s
+    import dvc  # noqa: F401 - importing DVC gives its loggers their console handlers
+    handlers = {name: list(logging.getLogger(name).handlers) for name in remote.DVC_LOGGERS}
+    streams = sys.stdout, sys.stderr
+    with pytest.raises(RemoteError) as e:
+        getattr(remote, action)(repo)
+    assert str(e.value) == (f"{action}: remote 'storage' (s3://bucket/cache): cannot reach the "
+                            f"endpoint http://127.0.0.1:{port}")
+    assert {name: logging.getLogger(name).handlers for name in remote.DVC_LOGGERS} == handlers
+    assert (sys.stdout, sys.stderr) == streams
+
+
 def test_push_run_cache_finds_the_run_cache_under_a_configured_cache_dir(tmp_path):
     """The run-cache is where DVC keeps it (cache.dir), not assumed to be .dvc/cache/runs: a
     run that only the run-cache holds (not the workspace) reaches the remote with its output."""

@@ -2,23 +2,31 @@
 
 DVC's own errors are several lines with a hint to its support page; a reviewer or `make repro`
 wants one: which remote, and which problem it was. The endpoint is checked before DVC runs
-(its URL parsed, then one request with deadlines: unreachable, silent, SSL, not S3), then the
-known problems of DVC's transfer (keys refused, bucket missing, objects missing) are named. The transfer itself is DVC's: fetch into the
-cache (downloads land in temporaries and are renamed, so an interrupted one leaves nothing
-half-written), then checkout of whatever the cache holds, so one missing object keeps back
-only the outputs that need it; `dvc repro` then trains those.
+(its URL parsed, then one request with deadlines: unreachable, silent, SSL, not S3). The
+transfer is DVC's Python API in this process (`dvc.repo.Repo`: fetch, checkout, push), its log
+and progress bars kept off the console; a failure is named from the exceptions DVC raises or
+logs on its way (botocore's, and S3's error codes: keys missing or refused, bucket missing),
+never from DVC's wording. Fetch downloads into the cache (temporaries, then renames, so an
+interrupted one leaves nothing half-written), then checkout takes whatever the cache holds, so
+one missing object keeps back only the outputs that need it (DVC's CheckoutError names them);
+`dvc repro` then trains those.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import logging
 import os
-import re
-import subprocess
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from dvc.exceptions import CheckoutError
+    from dvc.repo import Repo
 
 
 class RemoteError(Exception):
@@ -41,6 +49,10 @@ class Remote:
 
     def __str__(self) -> str:
         return f"remote '{self.name}' ({self.url})"
+
+    @property
+    def bucket(self) -> str:
+        return urlsplit(self.url).netloc
 
     def address(self) -> tuple[str, str, int]:
         """(scheme, host, port) of the endpoint URL, checked: RemoteError naming what is wrong."""
@@ -123,49 +135,130 @@ def default_remote(root: Path) -> Remote | None:
                   settings.get("connect_timeout"), settings.get("read_timeout"))
 
 
-def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """`dvc ARGS` in `root` with this Python, its output captured."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL)
+# --- DVC in this process -----------------------------------------------------------------------
+
+# The loggers that DVC gives its console handlers when it is imported (dvc/logger.py, setup).
+DVC_LOGGERS = ("dvc", "dvc_data", "dvc_objects")
 
 
-# (pattern in DVC's output, problem), tried in order; {0}: the endpoint, {bucket}: the bucket.
-PROBLEMS = [
-    (r"Could not connect to the endpoint URL: \"?(\w+://[^/\"]+)", "cannot reach the endpoint {0}"),
-    (r"(?:Unable to locate credentials|NoCredentialsError)", "no keys (set AWS_ACCESS_KEY_ID and "
-     "AWS_SECRET_ACCESS_KEY, or dvc remote modify --local)"),
-    (r"(?:Forbidden|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\(403\))",
-     "access denied: wrong keys, or keys without rights to this bucket"),
-    (r"(?:NoSuchBucket|specified bucket does not exist)", "bucket '{bucket}' does not exist"),
-]
+class Logged(logging.Handler):
+    """Keeps the exceptions of the records DVC logs while it goes on past a failure (each file
+    that failed to transfer, a remote it could not list), for the reason; prints nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
 
 
-def problem(output: str, remote: Remote) -> str:
-    """The one-line reason in DVC's output: one of PROBLEMS, else DVC's first ERROR line."""
-    for pattern, text in PROBLEMS:
-        m = re.search(pattern, output)
-        if m:
-            bucket = re.sub(r"^\w+://", "", remote.url).split("/")[0]
-            return text.format(*m.groups(), bucket=bucket)
-    errors = [line.removeprefix("ERROR: ").strip() for line in output.splitlines()
-              if line.startswith("ERROR:")]
-    return errors[0] if errors else (output.strip().splitlines() or ["dvc failed"])[-1]
+@contextlib.contextmanager
+def dvc_repo(root: Path, action: str) -> Iterator[tuple[Repo, list[BaseException]]]:
+    """`dvc.repo.Repo(root)`, closed on the way out, and the exceptions DVC logs meanwhile:
+    (repo, errors). DVC's log and progress bars are kept off the console while it is open (the
+    user reads nn's one line); DVC's loggers and sys.stdout/stderr are as they were afterwards."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    logged = Logged()
+    saved = [(log, log.handlers, log.propagate) for log in map(logging.getLogger, DVC_LOGGERS)]
+    for log, *_ in saved:
+        log.handlers, log.propagate = [logged], False
+    try:
+        # progress bars, and other libraries' warnings through logging's last resort, go to
+        # sys.stderr: a StringIO is no terminal, so DVC draws no bar on it
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                repo = Repo(str(root))
+            except DvcException as e:  # not a DVC repo, a config DVC cannot read, a lock held
+                raise RemoteError(f"{action}: {first_line(e)}") from None
+            with repo:
+                yield repo, logged.errors
+    finally:
+        for log, handlers, propagate in saved:
+            log.handlers, log.propagate = handlers, propagate
 
 
-def not_in_workspace(root: Path) -> list[str]:
-    """Outputs named by dvc.lock that the workspace lacks (`dvc status`: deleted, not in cache)."""
-    proc = dvc(root, "status", "--json")
-    if proc.returncode != 0:
-        return []
-    missing = set()
-    for changes in json.loads(proc.stdout or "{}").values():
-        for change in changes:
-            if isinstance(change, dict):
-                for path, state in change.get("changed outs", {}).items():
-                    if state in ("deleted", "not in cache"):
-                        missing.add(path)
-    return sorted(missing)
+def transfer_errors() -> tuple[type[BaseException], ...]:
+    """What a transfer raises when it fails for a reason outside nn: DVC's errors, the network's
+    and the filesystem's (OSError, s3fs's translations of S3's answers among them), botocore's
+    where S3 support is installed. Anything else is a bug, nn's one-line unexpected error."""
+    from dvc.exceptions import DvcException
 
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no dvc-s3: no S3 remote either
+        return DvcException, OSError
+    return DvcException, OSError, BotoCoreError, ClientError
+
+
+NO_KEYS = ("no keys (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or dvc remote modify "
+           "--local)")
+DENIED = "access denied: wrong keys, or keys without rights to this bucket"
+# S3's error codes for keys it refuses; a 403 to a HEAD request has no body, so its code is "403"
+REFUSED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
+                     "403"})
+
+
+def chain(error: BaseException | None) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from or while handling, outermost first."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def cause(errors: list[BaseException], remote: Remote) -> str | None:
+    """The one-line reason for the first failure of a kind we know in `errors` (and the
+    exceptions each was raised from), read from its type and, for S3's answers, from S3's error
+    code (s3fs raises PermissionError or FileNotFoundError from botocore's ClientError); None
+    when none is."""
+    try:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    except ImportError:  # no dvc-s3: no S3 remote, no S3 failure
+        return None
+    for error in errors:
+        for e in chain(error):
+            if isinstance(e, NoCredentialsError):
+                return NO_KEYS
+            if isinstance(e, EndpointConnectionError):  # its URL is the request's: path and all
+                url = urlsplit(e.kwargs.get("endpoint_url") or remote.endpoint or "")
+                return f"cannot reach the endpoint {url.scheme}://{url.netloc}"
+            if isinstance(e, ClientError):
+                code = e.response.get("Error", {}).get("Code")
+                if code in REFUSED:
+                    return DENIED
+                if code == "NoSuchBucket":
+                    return f"bucket '{remote.bucket}' does not exist"
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def in_dvc_words(error: BaseException, logged: list[BaseException]) -> str:
+    """A failure of no kind we know, as DVC says it: its error's first line (with the type, if
+    it is not one of DVC's own), then the first exception DVC logged on the way."""
+    from dvc.exceptions import DvcException
+
+    said = first_line(error) if isinstance(error, DvcException) else (
+        f"{type(error).__name__}: {first_line(error)}")
+    first = next((e for e in logged if e is not error), None)
+    return said if first is None else f"{said} ({type(first).__name__}: {first_line(first)})"
+
+
+def outputs_of(error: CheckoutError, root: Path) -> list[str]:
+    """The outputs a CheckoutError names, relative to `root` (DVC's are to the working dir)."""
+    return sorted(Path(os.path.relpath(os.path.abspath(t), os.path.abspath(root))).as_posix()
+                  for t in error.target_infos)
+
+
+# --- the commands ------------------------------------------------------------------------------
 
 def reachable_default(root: Path, action: str) -> Remote:
     """The default remote, once its endpoint answers as S3 does; RemoteError (prefixed with
@@ -196,45 +289,51 @@ def pull(root: Path, run_cache: bool = False) -> str:
 
     Returns the summary line; raises RemoteError with the one-line reason when anything failed
     (what did arrive is checked out all the same)."""
+    from dvc.exceptions import CheckoutError, DvcException
+
     remote = reachable_default(root, "pull")
-    fetch = dvc(root, "fetch", "-r", remote.name, *(["--run-cache"] if run_cache else []))
-    fetched = fetch.stdout + fetch.stderr
-    if fetch.returncode != 0:
-        gone_away(remote, "pull")
-    if fetch.returncode != 0 and any(re.search(p, fetched) for p, _ in PROBLEMS):
-        raise RemoteError(f"pull: {remote}: {problem(fetched, remote)}")
-    checkout = dvc(root, "checkout")  # whatever the cache holds, even after a partial fetch
-    if fetch.returncode != 0 or checkout.returncode != 0:
-        missing = not_in_workspace(root)
-        reason = (f"{len(missing)} output(s) missing on the remote: {', '.join(missing)}" if missing
-                  else problem(fetched if fetch.returncode else checkout.stdout + checkout.stderr,
-                               remote))
-        raise RemoteError(f"pull: {remote}: {reason}")
-    count = re.search(r"(\d+) files? fetched", fetch.stdout)
-    return f"pull: {remote}: {count.group(1) if count else 0} file(s) fetched, outputs checked out"
+    failed = None  # DVC's words for a fetch that failed for a reason of no kind we know
+    with dvc_repo(root, "pull") as (repo, logged):
+        try:
+            fetched = repo.fetch(remote=remote.name, run_cache=run_cache)
+        except transfer_errors() as e:
+            gone_away(remote, "pull")
+            known = cause([e, *logged], remote)
+            if known:  # nothing came from this remote
+                raise RemoteError(f"pull: {remote}: {known}") from None
+            fetched, failed = 0, in_dvc_words(e, logged)
+        try:
+            repo.checkout()  # whatever the cache holds, even after a partial fetch
+            missing = []
+        except CheckoutError as e:  # the outputs whose objects the cache lacks, the rest out
+            missing = outputs_of(e, root)
+        except DvcException as e:  # e.g. it would overwrite a file that is not in the cache
+            raise RemoteError(f"pull: {remote}: checkout: {first_line(e)}") from None
+    if failed:
+        raise RemoteError(f"pull: {remote}: {failed}" + (
+            f"; {len(missing)} output(s) not fetched: {', '.join(missing)}" if missing else ""))
+    if missing:  # the fetch had no error: the remote lacks their objects
+        raise RemoteError(f"pull: {remote}: {len(missing)} output(s) missing on the remote: "
+                          f"{', '.join(missing)}")
+    return f"pull: {remote}: {fetched} file(s) fetched, outputs checked out"
 
 
-def push_run_outputs(root: Path, remote: Remote) -> int:
+def push_run_outputs(repo: Repo, remote: Remote) -> int:
     """Push the outputs that the local run-cache's entries name; how many objects were sent.
 
     `dvc push --run-cache` (DVC 3) sends the entries but only the workspace's outputs, so a run
     that is not in the workspace (an earlier experiment, a reverted change) would be found in
     another clone's run-cache without its outputs, and rerun there. This sends them.
     """
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+    from dvc.exceptions import UploadError
 
-    try:
-        with Repo(str(root)) as repo:
-            # where DVC keeps the run-cache: under cache.dir, wherever that is configured
-            runs = Path(repo.stage_cache.cache_dir)
-            entries = [(p.parent.name, p.name) for p in runs.glob("*/*/*")]
-            objs = set().union(*repo.stage_cache.get_used_objs(entries).values())
-            result = repo.cloud.push(objs, remote=remote.name)
-    except DvcException as e:
-        raise RemoteError(f"push: {remote}: run-cache outputs: {e}") from None
+    # where DVC keeps the run-cache: under cache.dir, wherever that is configured
+    runs = Path(repo.stage_cache.cache_dir)
+    entries = [(p.parent.name, p.name) for p in runs.glob("*/*/*")]
+    objs = set().union(*repo.stage_cache.get_used_objs(entries).values())
+    result = repo.cloud.push(objs, remote=remote.name)
     if result.failed:
-        raise RemoteError(f"push: {remote}: {len(result.failed)} run-cache output(s) not sent")
+        raise UploadError(len(result.failed))  # each logged, with its exception
     return len(result.transferred)
 
 
@@ -242,12 +341,13 @@ def push(root: Path, run_cache: bool = False) -> str:
     """Push dvc.lock's outputs (and the run-cache: its entries and their outputs) to the default
     remote; the summary line."""
     remote = reachable_default(root, "push")
-    proc = dvc(root, "push", "-r", remote.name, *(["--run-cache"] if run_cache else []))
-    if proc.returncode != 0:
-        gone_away(remote, "push")
-        raise RemoteError(f"push: {remote}: {problem(proc.stdout + proc.stderr, remote)}")
-    pushed = re.search(r"(\d+) files? pushed", proc.stdout)
-    count = int(pushed.group(1)) if pushed else 0
-    if run_cache:
-        count += push_run_outputs(root, remote)
+    with dvc_repo(root, "push") as (repo, logged):
+        try:
+            count = repo.push(remote=remote.name, run_cache=run_cache)
+            if run_cache:
+                count += push_run_outputs(repo, remote)
+        except transfer_errors() as e:
+            gone_away(remote, "push")
+            raise RemoteError(f"push: {remote}: "
+                              f"{cause([e, *logged], remote) or in_dvc_words(e, logged)}") from None
     return f"push: {remote}: {count} file(s) pushed"
