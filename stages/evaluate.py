@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
-
 import numpy as np
 import typer
+from pydantic import Field
 
 from nn.backend import DeviceError
 from nn.engine import ENGINES
