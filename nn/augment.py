@@ -87,7 +87,7 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
     pixel's displacement from `elastic_field(alpha=elastic, sigma=elastic_sigma)` when
     `elastic` > 0, interpolated from its four neighbours, with `fill` (the background) outside
     the image. The shift is folded into the resampling (the input read at that point minus
-    (dy, dx)); with no warp it is `random_shift`, a copy.
+    (dy, dx)); with no warp this is `random_shift` (x itself when max_shift is 0 too).
     """
     if not (rotate or scale or shear or elastic):
         return random_shift(x, max_shift, rng, fill)
