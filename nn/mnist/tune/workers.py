@@ -17,6 +17,7 @@ from nn.mnist.tune.experiments import trial_experiment
 from nn.mnist.tune.study import Job, TuneError, dev_acc, open_storage, open_study
 
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING")  # toward --trials: not failed ones, nor one queued
+QUEUED_WAIT = 60.0  # seconds the other workers of a run leave a queued trial to worker 0
 STOP_AFTER = 3  # trials of a worker failed in a row that stop the search: it cannot go on
 EXIT_STOPPED = 3  # a worker process's exit status when it stopped so (python -m nn.mnist.tune)
 
@@ -124,6 +125,14 @@ def work(job: Job, index: int, echo: Callable[[str], None] = print) -> None:
     if job.experiments:
         callbacks.append(trial_experiment(job, settings, echo))
     run = objective(job, settings, tree, data, worker)
+    # Optuna claims a queued trial with SELECT ... FOR UPDATE, which SQLite ignores: two workers
+    # of one run could both take the defaults' trial, and the second then fail to tell it
+    # ("Cannot tell a COMPLETE trial"). The queued trial is worker 0's: the others start once
+    # it is claimed (or after QUEUED_WAIT seconds, should worker 0 be gone).
+    deadline = time.monotonic() + QUEUED_WAIT
+    while index > 0 and time.monotonic() < deadline and study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        time.sleep(0.2)
     while True:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is not counted
         # a queued trial (the defaults', run again) runs even in a full study
