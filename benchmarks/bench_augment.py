@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 from threadpoolctl import threadpool_limits
 
+import nn.mnist.training as training
 from nn.mnist.modelfile import normalize
 from nn.mnist.training import TrainParams, load_split, make_augment, normalization_of
 
@@ -45,21 +46,22 @@ def augment_module_at(rev: str, scratch: Path):
 
 
 def then_augment(p: TrainParams, background: float, old):
-    """The params' augmentation with the old module: its shift, then its warp (as the
-    make_augment of that time ran them), the tiles cut as now."""
-    parts = 2 if p.augment_tiles and p.layers and p.layers[0].get("type") == "Tiles" else 1
+    """The params' augmentation with the old module's shift, then its warp, as make_augment
+    ran them then: this tree's make_augment (the tiles cut as now), the old pair in place of
+    the random_warp it calls."""
+    def old_warp(xb, gen, rotate, scale, shear, fill, elastic, elastic_sigma, max_shift):
+        xb = old.random_shift(xb, max_shift, gen, fill=fill)
+        return old.random_warp(xb, gen, rotate, scale, shear, fill=fill, elastic=elastic,
+                               elastic_sigma=elastic_sigma)
+
+    inner = make_augment(p, background)
 
     def augment(xb, gen):
-        n, h, w, c = xb.shape
-        if parts > 1:
-            xb = xb.reshape(n, h, parts, w // parts, c).transpose(0, 2, 1, 3, 4)
-            xb = xb.reshape(n * parts, h, w // parts, c)
-        xb = old.random_shift(xb, p.max_shift, gen, fill=background)
-        xb = old.random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
-                             elastic=p.elastic, elastic_sigma=p.elastic_sigma)
-        if parts > 1:
-            xb = xb.reshape(n, parts, h, w // parts, c).transpose(0, 2, 1, 3, 4).reshape(n, h, w, c)
-        return xb
+        now, training.random_warp = training.random_warp, old_warp
+        try:
+            return inner(xb, gen)
+        finally:
+            training.random_warp = now
 
     return augment
 
