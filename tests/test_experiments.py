@@ -41,22 +41,37 @@ def live_step(repo: Path) -> int | None:
         return None
 
 
+def hold_at_step(run: subprocess.Popen, repo: Path, at_least: int, deadline: float) -> int | None:
+    """Stop the run's process group (SIGSTOP) once DVCLive's metrics.json shows `at_least` steps,
+    and return the step it shows while held. DVCLive rewrites the file in place each epoch, so
+    the stop can land between its truncation and its write: then the run goes on and is held
+    again at a later step. None if it ended, or the deadline passed, first (the group is left
+    running)."""
+    while run.poll() is None and time.monotonic() < deadline:
+        if (live_step(repo) or 0) >= at_least:
+            os.killpg(run.pid, signal.SIGSTOP)
+            time.sleep(0.05)  # a process busy on the other core stops at its next switch
+            step = live_step(repo)
+            if step is not None:
+                return step
+            os.killpg(run.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    return None
+
+
 def test_dvc_exp_show_has_each_epoch_while_dvc_exp_run_trains(repo):
     epochs = 40
     run = subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", "-S", f"mlp.epochs={epochs}"],
                            cwd=repo, env=env_with_venv(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while (live_step(repo) or 0) < 2 and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.killpg(run.pid, signal.SIGSTOP)  # held mid-run while dvc exp show looks
-        try:
-            step = live_step(repo)
-            running = [e for b in exp_show(repo) for e in b.get("experiments") or []
-                       if (e.get("executor") or {}).get("state") == "running"]
-        finally:
-            os.killpg(run.pid, signal.SIGCONT)
+        step, running = hold_at_step(run, repo, 2, deadline=time.monotonic() + 120), []
+        if step is not None:  # held mid-run while dvc exp show looks
+            try:
+                running = [e for b in exp_show(repo) for e in b.get("experiments") or []
+                           if (e.get("executor") or {}).get("state") == "running"]
+            finally:
+                os.killpg(run.pid, signal.SIGCONT)
         out, _ = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
