@@ -363,7 +363,7 @@ def figure_time_to_accuracy() -> Image.Image:
                   for recipe, runs in _recipes(model).items()]
         panels.append(xy_chart(series, title=f"{model}: test accuracy against training time",
                                x_label="train stage, seconds", y_label="test %", lines=False,
-                               size=(520, 360)))
+                               size=(520, 480)))
     sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height), "white")
     for i, p in enumerate(panels):
         sheet.paste(p, (i * panels[0].width, 0))

@@ -13,21 +13,21 @@ PARAMS = bench.read_params()
 
 # Forward FLOPs per MNIST-100 pair of params.yaml's CNN, 2 per multiply-add, counted by hand.
 # Tiles(2) makes each 28x56 pair two 28x28 digits: every layer below runs on 2 rows per pair.
-CONV1 = 2 * (2 * 28 * 28) * (3 * 3 * 1 * 32)      # 2 digits x 28x28 pixels, 3x3x1 -> 32
-CONV2 = 2 * (2 * 14 * 14) * (3 * 3 * 32 * 64)     # after the 2x2 pool: 14x14, 3x3x32 -> 64
-FC1 = 2 * 2 * (7 * 7 * 64) * 128                  # 2 digits, 3136 -> 128
+CONV1 = 2 * (2 * 24 * 24) * (5 * 5 * 1 * 32)      # 2 digits x 24x24 outputs (no padding), 5x5x1 -> 32
+CONV2 = 2 * (2 * 10 * 10) * (3 * 3 * 32 * 64)     # after the 2x2 pool: 12x12 -> 10x10, 3x3x32 -> 64
+FC1 = 2 * 2 * (5 * 5 * 64) * 128                  # 2 digits, 1600 -> 128
 FC2 = 2 * 2 * 128 * 10                            # 2 digits, 128 -> 10 (Untile, OuterSum: no matmul)
 
 
 def test_the_cnn_forward_counts_both_digits_of_a_pair():
-    assert CONV2 == 14_450_688
-    assert bench.forward_flops(PARAMS["cnn"]["layers"], (28, 56, 1)) == CONV1 + CONV2 + FC1 + FC2 == 16_964_608
+    assert CONV2 == 7_372_800
+    assert bench.forward_flops(PARAMS["cnn"]["layers"], (28, 56, 1)) == CONV1 + CONV2 + FC1 + FC2 == 10_040_320
 
 
 def test_the_cnn_training_step_skips_only_the_first_convolutions_input_gradient():
     forward = CONV1 + CONV2 + FC1 + FC2
     # weight gradients: the forward's count again; input gradients: again, but not the first conv's
-    assert bench.train_flops(PARAMS["cnn"]["layers"], (28, 56, 1)) == 3 * forward - CONV1 == 49_990_656
+    assert bench.train_flops(PARAMS["cnn"]["layers"], (28, 56, 1)) == 3 * forward - CONV1 == 28_277_760
 
 
 def test_the_mlp_counts():
@@ -63,7 +63,11 @@ def test_ratios_are_per_round_medians_and_ahead_needs_every_round_below_one():
 def test_the_torch_twin_pads_odd_same_convolutions_explicitly():
     torch = pytest.importorskip("torch")
     convs = [m for m in bench.torch_model(PARAMS["cnn"]["layers"]) if isinstance(m, torch.nn.Conv2d)]
-    assert [c.padding for c in convs] == [(1, 1), (1, 1)]
+    assert [c.padding for c in convs] == [(0, 0), (0, 0)]   # params.yaml's: unpadded
+    same = [{"type": "Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": k, "padding": "same"}
+            for k in (3, 5)]
+    convs = [m for m in bench.torch_model(same) if isinstance(m, torch.nn.Conv2d)]
+    assert [c.padding for c in convs] == [(1, 1), (2, 2)]
     assert bench.explicit_padding(5, "same") == 2
     assert bench.explicit_padding([3, 5], "same") == (1, 2)
     assert bench.explicit_padding(4, "same") == "same"   # uneven padding: torch's "same" does it

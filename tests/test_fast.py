@@ -124,6 +124,8 @@ def test_input_grad_false_skips_dx(cls):
 PATTERNS = {  # the runs FastSequential plans specially, each ending in a 2x2 pool
     "conv-relu-pool (fused)": ["conv", "relu", "pool"],
     "conv-pool (fused)": ["conv", "pool"],
+    "unpadded conv-relu-pool (fused, dx by col2im)": ["conv0", "relu", "pool"],
+    "unpadded conv-bn-relu-pool (pool layout, dx by col2im)": ["conv0", "bn", "relu", "pool"],
     "conv-bn-relu-pool (pool layout)": ["conv", "bn", "relu", "pool"],
     "conv-bn-pool (pool layout)": ["conv", "bn", "pool"],
     "conv-relu-bn-pool (pool layout)": ["conv", "relu", "bn", "pool"],
@@ -135,6 +137,8 @@ PATTERNS = {  # the runs FastSequential plans specially, each ending in a 2x2 po
 def pattern_spec(names, c_in):
     entry = {"conv": {"type": "Conv2d", "in_channels": c_in, "out_channels": 3, "kernel_size": 3,
                       "padding": "same"},
+             "conv0": {"type": "Conv2d", "in_channels": c_in, "out_channels": 3, "kernel_size": 3,
+                       "padding": 0},  # 8x12 -> 6x10: still even, still fused
              "conv2": {"type": "Conv2d", "in_channels": c_in, "out_channels": 3, "kernel_size": 3,
                        "stride": 2, "padding": 1},
              "relu": {"type": "ReLU"}, "bn": {"type": "BatchNorm2d", "num_features": 3},
