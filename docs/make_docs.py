@@ -352,15 +352,22 @@ def figure_batchnorm() -> Image.Image:
     return _sheet(panels)
 
 
+REPEAT = re.compile(r", (second|third|fourth|fifth) run$")  # a recipe measured again, another day
+
+
 def figure_time_to_accuracy() -> Image.Image:
     """Test accuracy against the train stage's seconds, every run of every recipe, one panel
-    per model (nn.mnist.charts.xy_chart: points, one colour per recipe)."""
+    per model (nn.mnist.charts.xy_chart: points, one colour per recipe; a recipe measured again
+    on another day, "before, second run", is drawn in its first measurement's colour)."""
     from nn.mnist.charts import xy_chart
 
     panels = []
     for model in ("mlp", "cnn"):
+        merged: dict[str, list[dict]] = {}  # "before, third run" is "before" measured again
+        for recipe, runs in _recipes(model).items():
+            merged.setdefault(REPEAT.sub("", recipe), []).extend(runs)
         series = [(recipe, [r["train_seconds"] for r in runs], [100 * r["test_acc"] for r in runs])
-                  for recipe, runs in _recipes(model).items()]
+                  for recipe, runs in merged.items()]
         panels.append(xy_chart(series, title=f"{model}: test accuracy against training time",
                                x_label="train stage, seconds", y_label="test %", lines=False,
                                size=(520, 480)))
