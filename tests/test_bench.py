@@ -1,4 +1,5 @@
-"""benchmarks/bench.py's arithmetic: FLOP counts, per-round ratios, PyTorch twins' padding (no timing)."""
+"""benchmarks/bench.py's arithmetic: FLOP counts, per-round ratios, PyTorch twins' padding (no timing);
+benchmarks/pair_errors.py's digits."""
 
 import sys
 from pathlib import Path
@@ -85,3 +86,16 @@ def test_the_torch_twin_pads_odd_same_convolutions_explicitly():
     x = rng.standard_normal((2, 7, 6, 2))
     out = twin(torch.tensor(x.transpose(0, 3, 1, 2).copy())).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(out, ours.forward(x, training=False), rtol=1e-10, atol=1e-12)
+
+
+def test_pair_errors_names_the_digit_misread_on_its_own_side_of_the_pair():
+    import pair_errors
+
+    pairs = np.array([[4, 7], [7, 2], [2, 4]])       # source digits: 4 left of 7, 7 left of 2, ...
+    labels = np.array([31, 15, 53])
+    # right; the right digit (2) read as 6; the left digit (2) read as 8 and the right (4) right
+    pred = np.array([31, 16, 83])
+    assert pair_errors.misread(pred, labels, pairs).tolist() == [2]
+    pred = np.array([21, 15, 54])                    # left of pair 0 (digit 4), right of pair 2 (4)
+    assert pair_errors.misread(pred, labels, pairs).tolist() == [4]
+    assert pair_errors.misread(labels, labels, pairs).tolist() == []
