@@ -1,9 +1,10 @@
 """Where an MNIST-100 model's pair errors come from, and what averaging models would give.
 
-    python benchmarks/pair_errors.py MODEL.npz [MODEL.npz ...] [--data data/mnist100] [--tta 1]
+    python benchmarks/pair_errors.py MODEL.npz [MODEL.npz ...] [--data data/mnist100] \
+        [--params params.yaml]
 
 For each model file (the CNN's, e.g. from `time_to_accuracy.py --keep`), on dev and test, each
-pair scored as the evaluate stage scores it (`--tta`: the mean over the (2s+1)^2 shifted views):
+pair scored as the evaluate stage scores it (the test-time views of `--params`' evaluate section):
 the pairs wrong, and the distinct MNIST digits misread. A split's pairs are drawn from its
 digits with replacement (test: 20,000 places, 8,669 distinct digits, one digit in up to 10
 pairs), so a pair's accuracy weighs each digit by how often it was drawn: the uses printed are
@@ -23,6 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nn.mnist import modelfile  # noqa: E402
+from nn.mnist.params import load_params  # noqa: E402
+from stages.evaluate import EvaluateParams  # noqa: E402
 
 SPLITS = ("dev", "test")
 
@@ -38,15 +41,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--data", type=Path, default=Path("data/mnist100"))
-    ap.add_argument("--tta", type=int, default=1, help="evaluate.tta_shift: views of up to this many px")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="its evaluate section's test-time augmentation scores the pairs")
     args = ap.parse_args()
+    tta = load_params(EvaluateParams, "evaluate", args.params)
     data = {s: np.load(args.data / f"{s}.npz") for s in SPLITS}
     probs, misread_by = {}, {s: [] for s in SPLITS}
     for path in args.models:
         net, info = modelfile.load(path)
         for split, z in data.items():
-            p = probs[path, split] = modelfile.predict_proba(net, z["images"], info.normalization,
-                                                             args.tta)
+            p = probs[path, split] = modelfile.predict_proba(
+                net, z["images"], info.normalization, tta.tta_shift, tta.tta_rotate, tta.tta_scale)
             pred = p.argmax(axis=1)
             digits = misread(pred, z["labels"], z["pairs"])
             misread_by[split].append(set(digits.tolist()))

@@ -112,6 +112,43 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
     return out
 
 
+def tile_cut(x, parts: int):
+    """(N, H, parts*W, C) -> (N*parts, H, W, C): each image's side-by-side tiles as their own
+    images, image n's tile j at row n*parts + j, as `nn.layers.Tiles` cuts them."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h, parts, w // parts, c).transpose(0, 2, 1, 3, 4)
+    return x.reshape(n * parts, h, w // parts, c)
+
+
+def tile_join(x, parts: int):
+    """`tile_cut`'s inverse: (N*parts, H, W, C) -> (N, H, parts*W, C)."""
+    m, h, w, c = x.shape
+    return x.reshape(m // parts, parts, h, w, c).transpose(0, 2, 1, 3, 4).reshape(m // parts, h, parts * w, c)
+
+
+def affine_view(x: np.ndarray, dy: int, dx: int, degrees: float, size: float, fill: float
+                ) -> np.ndarray:
+    """Every image of x (N, H, W, C) moved by (dy, dx) pixels and through one affine map about
+    its centre, rotated by `degrees` and scaled by `size`, as `random_warp` would with those
+    draws (no shear, no elastic field); a new array. A pure shift is a copy, no interpolation."""
+    if degrees == 0 and size == 1:
+        n, h, w = x.shape[:3]
+        out = np.full_like(x, fill)
+        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return out
+    theta = np.deg2rad(degrees)
+    inv = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / size
+    n = len(x)
+    inv = np.broadcast_to(inv.astype(np.float32), (n, 2, 2))
+    shift = np.broadcast_to(np.array([dy, dx], np.float32), (n, 2))
+    out = np.empty_like(x)
+    step = max(1, WARP_CHUNK_PIXELS // (x.shape[1] * x.shape[2]))
+    for lo in range(0, n, step):
+        out[lo:lo + step] = resample(x[lo:lo + step], inv[lo:lo + step], None, fill, shift[lo:lo + step])
+    return out
+
+
 def draw_maps(rng: np.random.Generator, n: int, h: int, w: int, rotate: float, scale: float,
               shear: float, elastic: float, elastic_sigma: float):
     """`random_warp`'s random draws for n images of H x W, on the host: A⁻¹ (N, 2, 2) float32

@@ -17,8 +17,8 @@ from nn.fast.threads import apply_thread_budget
 from nn.files import Array, DataFileError, load_npz, write_together
 from nn.losses import softmax_cross_entropy
 from nn.metrics import confusion_matrix, macro_f1, per_class
-from nn.mnist.modelfile import ModelFileError, load, predict_proba
-from nn.mnist.params import Int, Params, load_params
+from nn.mnist.modelfile import ModelFileError, load, predict_proba, tta_views
+from nn.mnist.params import Float, Int, Params, load_params
 from nn.mnist.pictures import confusion_heatmap, error_gallery, png_bytes
 from stages.common import fatal_errors
 
@@ -27,14 +27,21 @@ ERRORS_SHOWN = 32  # the most confident mistakes in errors.png
 
 
 class EvaluateParams(Params):
-    # test-time augmentation: score each image as the mean of its (2s + 1)^2 copies moved by up
-    # to s pixels each way (nn.mnist.modelfile.predict_proba); 0: the image alone
+    # test-time augmentation (nn.mnist.modelfile.predict_proba): score each image as the mean
+    # of its copies moved by up to tta_shift pixels each way ((2s + 1)^2 shifts), each also
+    # rotated by -tta_rotate and +tta_rotate degrees and scaled by 1 -+ tta_scale where those
+    # are not 0 (3 or 9 views per shift); all 0: the image alone
     tta_shift: Annotated[Int, Field(ge=0, le=3)] = 0
+    tta_rotate: Annotated[Float, Field(ge=0, le=45)] = 0.0
+    tta_scale: Annotated[Float, Field(ge=0, le=0.5)] = 0.0
 
 
-def evaluate(model, info, images: np.ndarray, labels: np.ndarray, tta_shift: int = 0) -> dict:
-    """Everything the reports need about one model on one labelled split."""
-    proba = predict_proba(model, images, info.normalization, tta_shift)
+def evaluate(model, info, images: np.ndarray, labels: np.ndarray,
+             tta: EvaluateParams = EvaluateParams()) -> dict:
+    """Everything the reports need about one model on one labelled split, scored with the
+    test-time augmentation of `tta`."""
+    proba = predict_proba(model, images, info.normalization, tta.tta_shift, tta.tta_rotate,
+                          tta.tta_scale)
     predicted = proba.argmax(axis=1)
     logits = np.log(np.maximum(proba, np.finfo(proba.dtype).tiny))
     loss, _ = softmax_cross_entropy(logits.astype(np.float64), labels)
@@ -47,7 +54,7 @@ def evaluate(model, info, images: np.ndarray, labels: np.ndarray, tta_shift: int
             "macro_f1": round(macro_f1(cm), 6),
             "samples": int(len(labels)),
             "params": int(model.num_params()),
-            "tta_views": (2 * tta_shift + 1) ** 2,
+            "tta_views": len(tta_views(tta.tta_shift, tta.tta_rotate, tta.tta_scale)),
         },
     }
 
@@ -82,7 +89,7 @@ def main(
             raise DataFileError(f"{model} takes {tuple(info.input_shape)} inputs, "
                              f"{data / 'test.npz'} holds {images.shape[1:]} images")
         start = time.perf_counter()
-        r = evaluate(net, info, images, labels, p.tta_shift)
+        r = evaluate(net, info, images, labels, p)
         seconds = time.perf_counter() - start
         classes = np.array(info.classes or [str(c) for c in range(k)])
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nn.augment import (draw_maps, elastic_field, gaussian_matrix, random_shift, random_warp,
-                        resample)
+from nn.augment import (affine_view, draw_maps, elastic_field, gaussian_matrix, random_shift,
+                        random_warp, resample, tile_cut, tile_join)
 
 
 class Fixed:
@@ -162,3 +162,34 @@ def test_augment_tiles_warps_each_digit_as_tiles_cuts_them():
     want = cut.backward(make_augment(whole, -0.4)(digits, np.random.default_rng(5)))
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, make_augment(whole, -0.4)(x, np.random.default_rng(5)))
+
+
+@pytest.mark.parametrize("end, rotate, scale", [("hi", 90, 0.0), ("hi", 7, 0.06), ("lo", 7, 0.06)])
+def test_an_affine_view_is_the_warp_with_those_draws(end, rotate, scale):
+    """affine_view(x, 0, 0, θ, s) is random_warp's map with the rotation θ and the scale s
+    drawn: the test-time views of nn.mnist.modelfile.predict_proba warp as training does."""
+    x = images((4, 9, 9, 1))
+    sign = 1 if end == "hi" else -1
+    want = random_warp(x, Fixed(end), rotate=rotate, scale=scale, fill=-0.3)
+    np.testing.assert_allclose(affine_view(x, 0, 0, sign * rotate, 1 + sign * scale, -0.3), want,
+                               atol=1e-6)
+
+
+def test_an_affine_view_moves_by_whole_pixels_before_its_warp():
+    """A pure shift is an exact copy with the background coming in; a shift with a warp is the
+    shift then the warp, for images whose border is background, as MNIST's is."""
+    x = images((5, 12, 12, 1))
+    x[:, :2], x[:, -2:], x[:, :, :2], x[:, :, -2:] = -0.5, -0.5, -0.5, -0.5
+    moved = affine_view(x, 1, -1, 0, 1.0, -0.5)
+    np.testing.assert_array_equal(moved[:, 1:, :-1], x[:, :-1, 1:])
+    assert (moved[:, 0] == -0.5).all() and (moved[:, :, -1] == -0.5).all()
+    np.testing.assert_allclose(affine_view(x, 1, -1, 8, 1.05, -0.5),
+                               affine_view(moved, 0, 0, 8, 1.05, -0.5), atol=1e-5)
+
+
+def test_tile_cut_is_tiles_and_tile_join_undoes_it():
+    from nn.layers import Tiles
+
+    x = images((3, 4, 15, 2))
+    np.testing.assert_array_equal(tile_cut(x, 3), Tiles(3).forward(x, training=False))
+    np.testing.assert_array_equal(tile_join(tile_cut(x, 3), 3), x)

@@ -321,3 +321,26 @@ def test_test_time_augmentation_scores_the_mean_of_the_shifted_copies(evaluated,
     proba = sum(net.predict_proba(normalize(padded[:, 1 - dy:29 - dy, 1 - dx:29 - dx], info.normalization))
                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
     assert metrics["accuracy"] == round(float((proba.argmax(axis=1) == labels).mean()), 6)
+
+
+def test_rotated_and_scaled_views_are_counted_and_scored_as_predict_proba_scores_them(evaluated, data,
+                                                                                       tmp_path):
+    """evaluate.tta_rotate / tta_scale add views to each shift: 9 shifts x 3 rotations x 3 sizes,
+    and the stage's accuracy is that of nn.mnist.modelfile.predict_proba with the same views."""
+    from nn.mnist.modelfile import load, predict_proba
+
+    tmp, _ = evaluated
+    params = tmp_path / "params.yaml"
+    params.write_text('{"evaluate": {"tta_shift": 1, "tta_rotate": 6, "tta_scale": 0.05}}')
+    model = tmp / "models" / "mlp.npz"
+    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
+                                               "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["tta_views"] == 81 and "(81 views each" in result.output
+    net, info = load(model)
+    test = np.load(data / "mnist" / "test.npz")
+    proba = predict_proba(net, test["images"], info.normalization, 1, 6, 0.05)
+    assert metrics["accuracy"] == round(float((proba.argmax(axis=1) == test["labels"]).mean()), 6)
+    plain = predict_proba(net, test["images"], info.normalization, 1)
+    assert not np.allclose(proba, plain)  # the warped views count

@@ -14,6 +14,7 @@ from typing import BinaryIO
 import numpy as np
 
 from nn import checkpoint
+from nn.augment import affine_view, tile_cut, tile_join
 from nn.checkpoint import ModelFileError
 from nn.model import Sequential
 
@@ -35,25 +36,45 @@ class ModelInfo:
     sha256: str
 
 
-def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(N, H, W) images moved down by dy and right by dx pixels (negative: up, left), the
-    background (0) coming in at the edges; a new array."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:3]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
+def tta_views(shift: int = 0, rotate: float = 0.0, scale: float = 0.0
+              ) -> list[tuple[int, int, float, float]]:
+    """Test-time augmentation's views, each (dy, dx, degrees, size): every whole-pixel shift in
+    [-shift, shift]^2, at each rotation in (0, -rotate, +rotate) degrees and each size in
+    (1, 1 - scale, 1 + scale), the rotations and sizes only where they are not 0."""
+    turns = [0.0, -rotate, rotate] if rotate else [0.0]
+    sizes = [1.0, 1 - scale, 1 + scale] if scale else [1.0]
+    return [(dy, dx, t, s) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)
+            for t in turns for s in sizes]
 
 
-def predict_proba(net, images: np.ndarray, normalization: dict, tta_shift: int = 0) -> np.ndarray:
-    """Class probabilities of raw images (N, H, W) uint8 -> (N, classes). With tta_shift = s
-    (test-time augmentation), the mean over (2s + 1)^2 views: the images moved by every
-    (dy, dx) in [-s, s]^2, as the training's random shifts moved them."""
-    views = [(dy, dx) for dy in range(-tta_shift, tta_shift + 1)
-             for dx in range(-tta_shift, tta_shift + 1)]
+def tiles_of(net) -> int:
+    """How many side-by-side images a network reads its input as: `parts` of a first Tiles
+    layer (an MNIST-100 pair's two digits), else 1."""
+    from nn.layers import Tiles
+
+    first = net.layers[0] if getattr(net, "layers", None) else None
+    return first.parts if isinstance(first, Tiles) else 1
+
+
+def predict_proba(net, images: np.ndarray, normalization: dict, tta_shift: int = 0,
+                  tta_rotate: float = 0.0, tta_scale: float = 0.0) -> np.ndarray:
+    """Class probabilities of raw images (N, H, W) uint8 -> (N, classes). With test-time
+    augmentation, the mean over `tta_views(tta_shift, tta_rotate, tta_scale)`: copies of the
+    images moved by whole pixels, as the training's random shifts moved them, and rotated and
+    scaled about their centres, as its warps did (`nn.augment.affine_view`). A network that
+    starts with Tiles sees each tile (each digit of a pair) moved about its own centre."""
+    x = normalize(images, normalization)
+    background = float(normalize(np.zeros((1, 1, 1), np.uint8), normalization)[0, 0, 0, 0])
+    parts = tiles_of(net)
+    views = tta_views(tta_shift, tta_rotate, tta_scale)
+    if len(views) == 1:
+        return net.predict_proba(x)
+    if parts > 1:
+        x = tile_cut(x, parts)
     total = None
-    for dy, dx in views:
-        p = net.predict_proba(normalize(shifted(images, dy, dx), normalization))
+    for dy, dx, degrees, size in views:
+        v = affine_view(x, dy, dx, degrees, size, background)
+        p = net.predict_proba(tile_join(v, parts) if parts > 1 else v)
         total = p if total is None else total + p
     return total / len(views)
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field
 from tqdm import tqdm
 
 from nn import engine, optim
-from nn.augment import random_warp
+from nn.augment import random_warp, tile_cut, tile_join
 from nn.backend import CPU, DEVICES, Device
 from nn.engine import ENGINES
 from nn.files import Array, DataFileError, load_npz
@@ -104,15 +104,11 @@ def make_augment(p: TrainParams, background: float):
     parts = first.get("parts", 2) if p.augment_tiles and first.get("type") == "Tiles" else 1
 
     def augment(xb: np.ndarray, gen: np.random.Generator) -> np.ndarray:
-        n, h, w, c = xb.shape
         if parts > 1:  # (N, H, parts*W, C) -> (N*parts, H, W, C), as nn.layers.Tiles cuts them
-            xb = xb.reshape(n, h, parts, w // parts, c).transpose(0, 2, 1, 3, 4)
-            xb = xb.reshape(n * parts, h, w // parts, c)
+            xb = tile_cut(xb, parts)
         xb = random_warp(xb, gen, p.rotate, p.scale, p.shear, fill=background,
                          elastic=p.elastic, elastic_sigma=p.elastic_sigma, max_shift=p.max_shift)
-        if parts > 1:  # and back to whole images
-            xb = xb.reshape(n, parts, h, w // parts, c).transpose(0, 2, 1, 3, 4).reshape(n, h, w, c)
-        return xb
+        return tile_join(xb, parts) if parts > 1 else xb  # and back to whole images
 
     return augment
 
