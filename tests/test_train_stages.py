@@ -168,8 +168,10 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
         out = outs[name]
         metrics = json.loads((out / "metrics.json").read_text())
         assert set(metrics) == {"accuracy", "loss", "macro_f1", "samples", "params", "tta_views"}
-        shift = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]["tta_shift"]
-        assert metrics["tta_views"] == (2 * shift + 1) ** 2  # params.yaml's evaluate.tta_shift
+        tta = read_yaml(Path(__file__).resolve().parents[1] / "params.yaml")["evaluate"]
+        views = ((2 * tta["tta_shift"] + 1) ** 2 * (3 if tta["tta_rotate"] else 1)
+                 * (3 if tta["tta_scale"] else 1))
+        assert metrics["tta_views"] == views  # params.yaml's evaluate section
         assert metrics["samples"] == (200 if k == 10 else 300) and 0 <= metrics["accuracy"] <= 1
         per_class = pd.read_csv(out / "per_class.csv", dtype={"class": str})
         assert list(per_class.columns) == ["class", "support", "precision", "recall", "f1"]
@@ -184,7 +186,7 @@ def test_evaluate_writes_every_report_in_its_format(evaluated):
         w, h = png_size(out / "confusion.png")
         assert w >= 10 * k // (1 if k == 10 else 2) and h >= w * 0.8
         png_size(out / "errors.png")
-    assert json.loads((outs["mlp"] / "metrics.json").read_text())["accuracy"] > 0.9  # learnable
+    assert json.loads((outs["mlp"] / "metrics.json").read_text())["accuracy"] > 0.8  # learnable (chance: 0.1)
 
 
 def test_evaluate_rejects_a_corrupt_model(tmp_path, data):

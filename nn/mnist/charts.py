@@ -54,7 +54,8 @@ def xy_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, 
     an optional log x-axis, and an optional dashed vertical marker at `mark_x`. Non-finite
     points are left out."""
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+               (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+               (0, 0, 0), (128, 0, 0)]
     font, small = _font(14), _font(11)
     w, h = size
     left, top, right, bottom = 64, max(50, 20 + 14 * len(series)), 16, 48  # the names above the plot

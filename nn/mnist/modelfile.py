@@ -16,6 +16,7 @@ import numpy as np
 from nn import checkpoint
 from nn.augment import affine_view, tile_cut, tile_join
 from nn.checkpoint import ModelFileError
+from nn.layers import Tiles
 from nn.model import Sequential
 
 FORMAT = "mnist-nn model"
@@ -50,8 +51,6 @@ def tta_views(shift: int = 0, rotate: float = 0.0, scale: float = 0.0
 def tiles_of(net) -> int:
     """How many side-by-side images a network reads its input as: `parts` of a first Tiles
     layer (an MNIST-100 pair's two digits), else 1."""
-    from nn.layers import Tiles
-
     first = net.layers[0] if getattr(net, "layers", None) else None
     return first.parts if isinstance(first, Tiles) else 1
 
