@@ -302,20 +302,26 @@ def test_dvclive_logs_each_epoch_and_a_failed_run_leaves_no_log(tmp_path, data, 
     assert out.exists()  # the stage's other outputs stay as they were (DVC removes them first)
 
 
+def evaluate_mlp_with(evaluate_section: str, evaluated, data, tmp_path):
+    """The evaluate stage on the fixture's MLP with this evaluate section -> (model path,
+    metrics.json, the stage's output)."""
+    tmp, _ = evaluated
+    params = tmp_path / "params.yaml"
+    params.write_text('{"evaluate": %s}' % evaluate_section)
+    model = tmp / "models" / "mlp.npz"
+    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
+                                               "--out", str(tmp_path / "out"), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    return model, json.loads((tmp_path / "out" / "metrics.json").read_text()), result.output
+
+
 def test_test_time_augmentation_scores_the_mean_of_the_shifted_copies(evaluated, data, tmp_path):
     """evaluate.tta_shift: 1 scores each image as the mean of its 9 copies moved by up to 1 px;
     the stage's accuracy is that of those mean probabilities, computed here by hand."""
     from nn.mnist.modelfile import load, normalize
 
-    tmp, _ = evaluated
-    params = tmp_path / "params.yaml"
-    params.write_text('{"evaluate": {"tta_shift": 1}}')
-    model = tmp / "models" / "mlp.npz"
-    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
-                                               "--out", str(tmp_path / "out"), "--params", str(params)])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["tta_views"] == 9 and "(9 views each" in result.output
+    model, metrics, output = evaluate_mlp_with('{"tta_shift": 1}', evaluated, data, tmp_path)
+    assert metrics["tta_views"] == 9 and "(9 views each" in output
     net, info = load(model)
     test = np.load(data / "mnist" / "test.npz")
     images, labels = test["images"], test["labels"]
@@ -331,15 +337,9 @@ def test_rotated_and_scaled_views_are_counted_and_scored_as_predict_proba_scores
     and the stage's accuracy is that of nn.mnist.modelfile.predict_proba with the same views."""
     from nn.mnist.modelfile import load, predict_proba
 
-    tmp, _ = evaluated
-    params = tmp_path / "params.yaml"
-    params.write_text('{"evaluate": {"tta_shift": 1, "tta_rotate": 6, "tta_scale": 0.05}}')
-    model = tmp / "models" / "mlp.npz"
-    result = CliRunner().invoke(evaluate.app, ["--model", str(model), "--data", str(data / "mnist"),
-                                               "--out", str(tmp_path / "out"), "--params", str(params)])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["tta_views"] == 81 and "(81 views each" in result.output
+    model, metrics, output = evaluate_mlp_with('{"tta_shift": 1, "tta_rotate": 6, "tta_scale": 0.05}',
+                                               evaluated, data, tmp_path)
+    assert metrics["tta_views"] == 81 and "(81 views each" in output
     net, info = load(model)
     test = np.load(data / "mnist" / "test.npz")
     proba = predict_proba(net, test["images"], info.normalization, 1, 6, 0.05)
