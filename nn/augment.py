@@ -103,6 +103,12 @@ def random_warp(x: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, sc
     # (benchmarks/README.md). The chunks shared out over two threads were slower: their
     # many small NumPy calls queue for the GIL. Every step is per pixel, so the result is the
     # same bytes however the chunks are run.
+    return resample_in_chunks(x, inv, field, fill, shift)
+
+
+def resample_in_chunks(x: np.ndarray, inv: np.ndarray, field, fill: float, shift=None) -> np.ndarray:
+    """`resample` of NumPy images `WARP_CHUNK_PIXELS` at a time: the same bytes as one pass."""
+    n, h, w = x.shape[:3]
     out = np.empty_like(x)
     step = max(1, WARP_CHUNK_PIXELS // (h * w))
     for lo in range(0, n, step):
@@ -142,11 +148,7 @@ def affine_view(x: np.ndarray, dy: int, dx: int, degrees: float, size: float, fi
     n = len(x)
     inv = np.broadcast_to(inv.astype(np.float32), (n, 2, 2))
     shift = np.broadcast_to(np.array([dy, dx], np.float32), (n, 2))
-    out = np.empty_like(x)
-    step = max(1, WARP_CHUNK_PIXELS // (x.shape[1] * x.shape[2]))
-    for lo in range(0, n, step):
-        out[lo:lo + step] = resample(x[lo:lo + step], inv[lo:lo + step], None, fill, shift[lo:lo + step])
-    return out
+    return resample_in_chunks(x, inv, None, fill, shift)
 
 
 def draw_maps(rng: np.random.Generator, n: int, h: int, w: int, rotate: float, scale: float,
