@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -86,3 +87,9 @@ def api(server, body: bytes, model: str, endpoint: str = "predict") -> dict:
                                  headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)
+
+
+def to_fixed(x: float, digits: int) -> str:
+    """JavaScript's `x.toFixed(digits)`, to predict the page's numbers: a tie rounds away from zero
+    (92.5 -> "93"), where Python's format and round() go to the even neighbour ("92")."""
+    return str(Decimal(x or 0.0).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import servefakes
-from browserfakes import BROWSER, api, browser, draw, models, page, server, settled  # noqa: F401 -- fixtures
+from browserfakes import BROWSER, api, browser, draw, models, page, server, settled, to_fixed  # noqa: F401 -- fixtures
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[browser]')")
@@ -92,6 +92,20 @@ def test_bad_uploads_are_explained_on_the_page(page, tmp_path):
     assert "digits touch" in page.locator("#warnings").inner_text()
 
 
+def test_to_fixed_is_the_browsers_own(browser):
+    """The tests predict the page's numbers with to_fixed; ties are where Python's rounding differs."""
+    cases = [(92.5, 0), (100 * 0.925, 0), (0.5, 0), (1.5, 0), (2.5, 0), (-2.5, 0), (0.0625, 3),
+             (-0.0625, 3), (0.1235, 3), (1.005, 2), (-0.0001, 3), (-0.0, 3), (0.0, 1), (12345.678, 1)]
+    assert f"{92.5:.0f}" == "92" and round(0.0625, 3) == 0.062  # Python: to the even neighbour
+    page = browser.new_page()
+    try:
+        shown = page.evaluate("(cases) => cases.map(([x, d]) => x.toFixed(d))", cases)
+    finally:
+        page.close()
+    assert shown == [to_fixed(x, d) for x, d in cases]
+    assert shown[:2] == ["93", "93"] and shown[6] == "0.063"
+
+
 @pytest.mark.slow
 def test_fits_a_phone(browser, server):
     context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2,
@@ -125,8 +139,8 @@ def test_layers_view_fills_as_you_draw_and_shows_a_kernel(page, server, models, 
     layer = conv.get_attribute("data-layer")
     with urllib.request.urlopen(f"{server.url}api/kernel?model=cnn&layer={layer}&channel=1", timeout=10) as r:
         kernel = json.load(r)
-    shown = [float(t) for t in page.locator("#kernel td").all_inner_texts()]
-    assert shown == [round(w, 3) for w in np.ravel(kernel["weights"][kernel["strongest"]])]  # 3x3 weights
+    shown = page.locator("#kernel td").all_inner_texts()
+    assert shown == [to_fixed(w, 3) for w in np.ravel(kernel["weights"][kernel["strongest"]])]  # 3x3 weights
     assert page.locator("#kernel img").get_attribute("src").startswith("data:image/png;base64,")
     assert page.locator("#kernel a").get_attribute("href") == "/docs/03-conv2d.md"
     shot = tmp_path / "layers.png"

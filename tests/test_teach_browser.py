@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nn.mnist.watch import Watch
-from browserfakes import BROWSER, api, browser, draw, models, page, server, settled  # noqa: F401 -- fixtures
+from browserfakes import BROWSER, api, browser, draw, models, page, server, settled, to_fixed  # noqa: F401 -- fixtures
 from servefakes import folder  # noqa: F401 -- a fixture
 from servefakes import params as watch_params
 
@@ -146,7 +146,7 @@ def test_watch_it_learn_start_and_stop(browser, server, folder, tmp_path):
         last = view["points"][-1]
         assert status.startswith("Stopped. · step ") and f"step {last['step']} of 100000" in status
         captions = page.locator("#watch-digits figcaption").all_inner_texts()
-        assert captions == [f"{label}: reads {p['label']} ({100 * p['probability']:.0f} %)"
+        assert captions == [f"{label}: reads {p['label']} ({to_fixed(100 * p['probability'], 0)} %)"
                             for label, p in zip(view["labels"], last["predictions"])]
         page.locator("#watch").scroll_into_view_if_needed()
         shot = tmp_path / "watch.png"
