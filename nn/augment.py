@@ -18,7 +18,7 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator, fill: 
     """
     if max_shift == 0:
         return x
-    n, h, w = x.shape[:3]
+    n = len(x)
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
     if array_module(x) is not np:
         return shift_gather(x, shifts, fill)
@@ -26,10 +26,16 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator, fill: 
     code = (shifts[:, 0] + max_shift) * (2 * max_shift + 1) + (shifts[:, 1] + max_shift)
     for c in np.unique(code):
         idx = np.flatnonzero(code == c)
-        dy, dx = shifts[idx[0]]
-        out[idx, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[idx, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        paste_shifted(out, x, *shifts[idx[0]], idx)
     return out
+
+
+def paste_shifted(out: np.ndarray, x: np.ndarray, dy: int, dx: int, images=slice(None)) -> None:
+    """Write x's `images` (an index or a slice of the first axis) into the same images of out,
+    moved down by dy and right by dx pixels; what moves in from outside keeps out's values."""
+    h, w = x.shape[1:3]
+    out[images, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[images, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
 
 
 def shift_gather(x, shifts: np.ndarray, fill: float):
@@ -138,10 +144,8 @@ def affine_view(x: np.ndarray, dy: int, dx: int, degrees: float, size: float, fi
     its centre, rotated by `degrees` and scaled by `size`, as `random_warp` would with those
     draws (no shear, no elastic field); a new array. A pure shift is a copy, no interpolation."""
     if degrees == 0 and size == 1:
-        n, h, w = x.shape[:3]
         out = np.full_like(x, fill)
-        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        paste_shifted(out, x, dy, dx)
         return out
     theta = np.deg2rad(degrees)
     inv = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / size
